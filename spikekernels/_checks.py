@@ -1,0 +1,146 @@
+"""Argument checks and normalization shared by every op (host code, never in kernels)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+SPIKE_DTYPES = FLOAT_DTYPES + (torch.uint8, torch.bool)
+RESETS = ("subtract", "zero")
+
+
+def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(x, name: str, *, min_dim: int, dtypes=FLOAT_DTYPES, layout: str = "[T, B, ...]") -> None:
+    """Type, dtype, rank and emptiness of a time-major tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(x).__name__}")
+    if x.dtype not in dtypes:
+        raise TypeError(f"{name} has dtype {x.dtype}; accepted: {_dtype_names(dtypes)}")
+    if x.dim() < min_dim:
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)} ({x.dim()} dims); expected at least {min_dim} dims "
+            f"laid out {layout} with time first (add the time dim with x.unsqueeze(0) for T=1)"
+        )
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); every dim must be >= 1")
+
+
+def check_reset(reset: str, v_reset: float) -> bool:
+    """Validate the reset mode; returns True for 'zero'."""
+    if reset not in RESETS:
+        raise ValueError(f"reset={reset!r} is not a reset mode; accepted: {', '.join(map(repr, RESETS))}")
+    if not isinstance(v_reset, (int, float)) or not math.isfinite(v_reset):
+        raise ValueError(f"v_reset={v_reset!r} must be a finite number")
+    return reset == "zero"
+
+
+def check_spike_dtype(spike_dtype, default: torch.dtype) -> torch.dtype:
+    if spike_dtype is None:
+        return default
+    if spike_dtype not in SPIKE_DTYPES:
+        raise TypeError(f"spike_dtype={spike_dtype} is not accepted; accepted: {_dtype_names(SPIKE_DTYPES)} or None")
+    return spike_dtype
+
+
+def prepare_threshold(threshold, x: torch.Tensor, name: str = "threshold") -> torch.Tensor:
+    """A float32 vector [C] on x's device: C=1 for a scalar, C=x.shape[2] per channel."""
+    if isinstance(threshold, torch.Tensor):
+        thr = threshold.detach()
+        if thr.dim() > 1:
+            raise ValueError(f"{name} must be a scalar or a 1-D tensor [C], got shape {tuple(thr.shape)}")
+        thr = thr.reshape(-1)
+        if thr.numel() != 1:
+            channels = x.shape[2] if x.dim() >= 3 else None
+            if channels is None or thr.numel() != channels:
+                raise ValueError(
+                    f"per-channel {name} has {thr.numel()} values but the input {tuple(x.shape)} has "
+                    f"{channels if channels is not None else 'no'} channels at dim 2; "
+                    "accepted: a scalar or one value per channel"
+                )
+        thr = thr.to(device=x.device, dtype=torch.float32)
+    elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+        thr = torch.tensor([float(threshold)], dtype=torch.float32, device=x.device)
+    else:
+        raise TypeError(f"{name} must be a positive number or a 1-D tensor, got {type(threshold).__name__}")
+    if not bool(torch.isfinite(thr).all()) or bool((thr <= 0).any()):
+        bad = thr[~torch.isfinite(thr) | (thr <= 0)][:4].tolist()
+        raise ValueError(f"{name} must be finite and > 0, got {bad}")
+    return thr.contiguous()
+
+
+def inner_size(shape: Sequence[int]) -> int:
+    """Neurons per channel in one sample: prod(shape[3:]) of a [T, B, C, ...] tensor."""
+    return math.prod(shape[3:]) if len(shape) > 3 else 1
+
+
+def initial_membrane(v0, thr: torch.Tensor, state_shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    """A fresh float32 membrane of ``state_shape`` (the input shape without T), set to v0.
+
+    v0=None gives θ/2 (the half-threshold start); a number or a tensor broadcastable to
+    the state (e.g. the membrane returned by an earlier call) is used as is.
+    """
+    state_shape = tuple(state_shape)
+    if v0 is None:
+        if thr.numel() == 1:
+            return torch.full(state_shape, float(thr[0]) * 0.5, dtype=torch.float32, device=device)
+        view = [1] * len(state_shape)
+        view[1] = thr.numel()
+        return (thr * 0.5).view(view).expand(state_shape).contiguous()
+    if isinstance(v0, torch.Tensor):
+        if v0.device != device:
+            raise ValueError(f"v0 is on {v0.device} but the input is on {device}; put both on one device")
+        try:
+            v = torch.broadcast_to(v0.detach().to(torch.float32), state_shape)
+        except RuntimeError:
+            raise ValueError(
+                f"v0 has shape {tuple(v0.shape)}, not broadcastable to the state shape {state_shape} "
+                "(the input shape without T)"
+            ) from None
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError("v0 contains NaN or Inf")
+        return v.contiguous().clone() if v.data_ptr() == v0.data_ptr() else v.contiguous()
+    if isinstance(v0, (int, float)) and not isinstance(v0, bool):
+        if not math.isfinite(v0):
+            raise ValueError(f"v0={v0!r} must be finite")
+        return torch.full(state_shape, float(v0), dtype=torch.float32, device=device)
+    raise TypeError(f"v0 must be None, a number or a tensor, got {type(v0).__name__}")
+
+
+def time_source(x: torch.Tensor) -> torch.Tensor:
+    """x as a contiguous [Tx, N] matrix with Tx = 1 when x is constant over T (stride 0).
+
+    A current given as ``c.expand(T, ...)`` is read once per step from one copy: it is
+    never materialized T times.
+    """
+    if x.shape[0] > 1 and x.stride(0) == 0:
+        return x[:1].reshape(1, -1).contiguous()
+    return x.reshape(x.shape[0], -1).contiguous()
+
+
+def same_device(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.device != b.device:
+        raise ValueError(f"{name_a} is on {a.device} but {name_b} is on {b.device}; put both on one device")
+
+
+# Tests set this to True (see tests/conftest.py) so that every output an op allocates starts
+# as NaN (float) or 0xFF (integer): an element a kernel forgets to write then fails the test.
+POISON_OUTPUTS = False
+
+
+def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.empty`` for op outputs, poisoned under test."""
+    out = torch.empty(tuple(shape), dtype=dtype, device=device)
+    if POISON_OUTPUTS:
+        if dtype.is_floating_point:
+            out.fill_(float("nan"))
+        elif dtype == torch.bool:
+            out.view(torch.uint8).fill_(0xFF)
+        else:
+            out.fill_(0xFF if dtype == torch.uint8 else -1)
+    return out

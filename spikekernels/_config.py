@@ -1,0 +1,69 @@
+"""Every environment variable spikekernels reads, parsed and validated in one place.
+
+| variable | values | default | effect |
+|---|---|---|---|
+| SPIKEKERNELS_BACKEND | auto, reference, numba, triton | auto | which kernels the ops run; auto sends CUDA tensors to Triton and CPU tensors to Numba |
+| SPIKEKERNELS_NUMBA_FASTMATH | 0, 1 | 0 | fastmath for Numba kernels that do no neuron update (the IF update never uses it) |
+| SPIKEKERNELS_CONV_DENSE_DENSITY | float in [0, 1] | 0.25 | input spike density above which the Numba spiking conv switches to the dense path |
+| TRITON_INTERPRET | 0, 1 | 0 | Triton's own switch; with 1, Triton kernels run on CPU tensors (tests) |
+
+Values are read from ``os.environ`` at call time (cheap) and parsed once per distinct raw
+value, so tests and users can change them at run time.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+BACKENDS = ("auto", "reference", "numba", "triton")
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_backend(raw: str) -> str:
+    value = raw.strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(
+            f"SPIKEKERNELS_BACKEND={raw!r} is not a backend; accepted: {', '.join(BACKENDS)}"
+        )
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name}={raw!r} is not a flag; accepted: 0, 1, true, false")
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_fraction(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number; accepted: a float in [0, 1]") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={raw!r} is out of range; accepted: a float in [0, 1]")
+    return value
+
+
+def backend() -> str:
+    """The requested backend: ``auto`` (default), ``reference``, ``numba`` or ``triton``."""
+    return _parse_backend(os.environ.get("SPIKEKERNELS_BACKEND", "auto"))
+
+
+def numba_fastmath() -> bool:
+    return _parse_flag("SPIKEKERNELS_NUMBA_FASTMATH", os.environ.get("SPIKEKERNELS_NUMBA_FASTMATH", "0"))
+
+
+def conv_dense_density() -> float:
+    return _parse_fraction(
+        "SPIKEKERNELS_CONV_DENSE_DENSITY", os.environ.get("SPIKEKERNELS_CONV_DENSE_DENSITY", "0.25")
+    )
+
+
+def triton_interpret() -> bool:
+    return _parse_flag("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "0"))

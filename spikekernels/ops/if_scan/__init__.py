@@ -1,0 +1,3 @@
+from .op import if_scan
+
+__all__ = ["if_scan"]

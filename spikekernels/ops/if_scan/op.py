@@ -1,0 +1,64 @@
+"""Public ``if_scan``: argument checks, layout, dispatch."""
+
+from __future__ import annotations
+
+import torch
+
+from ... import _checks, _dispatch
+
+IMPLS = {
+    "reference": "spikekernels.ops.if_scan.reference.if_scan",
+    "numba": "spikekernels.ops.if_scan.numba.if_scan",
+    "triton": "spikekernels.ops.if_scan.triton.if_scan",
+}
+
+
+def if_scan(
+    x: torch.Tensor,
+    threshold: float | torch.Tensor = 1.0,
+    v0: float | torch.Tensor | None = None,
+    reset: str = "subtract",
+    return_state: bool = False,
+    *,
+    v_reset: float = 0.0,
+    spike_dtype: torch.dtype | None = None,
+    backend: str | None = None,
+):
+    """Multi-step integrate-and-fire neuron over a time-major current.
+
+    Per neuron and step: ``v += x[t]``; spike when ``v >= threshold``; then
+    ``v -= threshold`` (reset="subtract") or ``v = v_reset`` (reset="zero"). The membrane
+    is float32 whatever the input dtype.
+
+    Args:
+        x: currents ``[T, B, ...]`` (float16/bfloat16/float32/float64). A current constant
+            over time may be passed as ``c.expand(T, ...)``: it is read without copying.
+        threshold: a positive number, or one value per channel ``[C]`` (C = dim 2).
+        v0: start membrane: None for θ/2 (half-threshold start), a number, or a tensor
+            broadcastable to ``x.shape[1:]`` (e.g. the state returned by an earlier call).
+        reset: "subtract" (default) or "zero".
+        return_state: also return the final membrane ``[B, ...]`` float32.
+        v_reset: membrane after a spike when reset="zero".
+        spike_dtype: dtype of the spikes (default x's dtype; torch.uint8 or torch.bool store
+            one byte per spike).
+        backend: "auto", "reference", "numba" or "triton" for this call (default:
+            SPIKEKERNELS_BACKEND, else auto).
+
+    Returns:
+        spikes ``[T, B, ...]`` of 0/1, and the membrane ``[B, ...]`` when ``return_state``.
+
+    Example:
+        >>> x = torch.rand(8, 2, 4)
+        >>> s, v = if_scan(x, threshold=1.0, return_state=True)
+        >>> s2, _ = if_scan(x[4:], v0=if_scan(x[:4], return_state=True)[1], return_state=True)
+    """
+    _checks.check_tensor(x, "x", min_dim=2)
+    reset_zero = _checks.check_reset(reset, v_reset)
+    thr = _checks.prepare_threshold(threshold, x)
+    spike_dtype = _checks.check_spike_dtype(spike_dtype, x.dtype)
+    T = x.shape[0]
+    v = _checks.initial_membrane(v0, thr, x.shape[1:], x.device)
+    out = _checks.new_output(x.shape, spike_dtype, x.device)
+    impl = _dispatch.resolve("if_scan", x.device, IMPLS, backend)
+    impl(_checks.time_source(x), T, thr, _checks.inner_size(x.shape), v.view(-1), out.view(T, -1), reset_zero, float(v_reset))
+    return (out, v) if return_state else out
