@@ -1,0 +1,3 @@
+from .op import residual_merge
+
+__all__ = ["residual_merge"]
