@@ -48,3 +48,70 @@ def test_if_scan_properties(backend, case):
         s2, v2 = sk.if_scan(x[split:], backend=backend, return_state=True, **kw2)
         assert torch.equal(torch.cat([s1, s2]), s)
         assert torch.equal(v2, v)
+
+
+@st.composite
+def merge_cases(draw):
+    T = draw(st.integers(1, 7))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 6)))
+    per_channel = draw(st.booleans())
+    scale = torch.tensor(draw(st.lists(st.floats(-2.0, 2.0), min_size=shape[1], max_size=shape[1]))) if per_channel else draw(st.floats(-2.0, 2.0))
+    thr = draw(st.floats(0.1, 3.0))
+    reset = draw(st.sampled_from(["subtract", "zero"]))
+    shortcut_dtype = draw(st.sampled_from([torch.float32, torch.uint8, torch.bool]))
+    density = draw(st.floats(0.0, 1.0))
+    seed = draw(st.integers(0, 2**16))
+    split = draw(st.integers(0, T))
+    return T, shape, scale, thr, reset, shortcut_dtype, density, seed, split
+
+
+@PROFILE
+@given(case=merge_cases())
+def test_residual_merge_properties(backend, case):
+    T, shape, scale, thr, reset, sdtype, density, seed, split = case
+    g = torch.Generator().manual_seed(seed)
+    current = torch.rand((T,) + shape, generator=g) - 0.3
+    shortcut = (torch.rand((T,) + shape, generator=g) < density).to(sdtype)
+    kw = dict(scale=scale, threshold=thr, reset=reset)
+    s_ref, v_ref = sk.residual_merge(current, shortcut, backend="reference", return_state=True, **kw)
+    s, v = sk.residual_merge(current, shortcut, backend=backend, return_state=True, **kw)
+    # shortcut values are 0/1, so scale*shortcut is exact and the sums are bit-identical
+    assert torch.equal(s, s_ref)
+    assert_close(v, v_ref, rtol=0, atol=0)
+    if 0 < split < T:
+        s1, v1 = sk.residual_merge(current[:split], shortcut[:split], backend=backend, return_state=True, **kw)
+        s2 = sk.residual_merge(current[split:], shortcut[split:], backend=backend, v0=v1, **kw)
+        assert torch.equal(torch.cat([s1, s2]), s)
+
+
+@st.composite
+def pool_cases(draw):
+    T = draw(st.integers(1, 6))
+    k = draw(st.integers(1, 3))
+    stride = draw(st.integers(1, 3))
+    pad = draw(st.integers(0, k // 2))
+    h = draw(st.integers(k, 9))
+    w = draw(st.integers(k, 9))
+    density = draw(st.floats(0.0, 1.0))
+    seed = draw(st.integers(0, 2**16))
+    split = draw(st.integers(0, T))
+    return T, (draw(st.integers(1, 2)), draw(st.integers(1, 3)), h, w), k, stride, pad, density, seed, split
+
+
+@PROFILE
+@given(case=pool_cases())
+def test_pool_properties(backend, case):
+    T, shape, k, stride, pad, density, seed, split = case
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.rand((T,) + shape, generator=g) < density).to(torch.float32)
+    avg_ref = sk.spike_avg_pool2d(s, k, stride, pad, backend="reference")
+    assert torch.equal(sk.spike_avg_pool2d(s, k, stride, pad, backend=backend), avg_ref)
+    m_ref, c_ref = sk.spike_max_pool2d(s, k, stride, pad, return_state=True, backend="reference")
+    m, c = sk.spike_max_pool2d(s, k, stride, pad, return_state=True, backend=backend)
+    assert torch.equal(m, m_ref) and torch.equal(c, c_ref)
+    # the gate passes at most one spike per window and step: never more than a plain max-pool
+    assert bool((m <= avg_ref.gt(0).to(m.dtype)).all())
+    if 0 < split < T:
+        m1, c1 = sk.spike_max_pool2d(s[:split], k, stride, pad, return_state=True, backend=backend)
+        m2 = sk.spike_max_pool2d(s[split:], k, stride, pad, count=c1, backend=backend)
+        assert torch.equal(torch.cat([m1, m2]), m)
