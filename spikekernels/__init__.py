@@ -6,8 +6,26 @@ neither a GPU nor Triton.
 """
 
 from ._dispatch import available_backends
+from .layers import GlobalAvgPool, IFNeuron, ResidualMerge, SpikeAvgPool2d, SpikeMaxPool2d
 from .ops.if_scan import if_scan
+from .ops.spike_conv import spike_conv2d, spike_linear
+from .ops.pool import global_avg_pool, spike_avg_pool2d, spike_max_pool2d
+from .ops.residual_merge import residual_merge
 
 __version__ = "0.1.0"
 
-__all__ = ["available_backends", "if_scan"]
+__all__ = [
+    "available_backends",
+    "if_scan",
+    "residual_merge",
+    "spike_conv2d",
+    "spike_linear",
+    "spike_avg_pool2d",
+    "global_avg_pool",
+    "spike_max_pool2d",
+    "IFNeuron",
+    "ResidualMerge",
+    "SpikeAvgPool2d",
+    "SpikeMaxPool2d",
+    "GlobalAvgPool",
+]

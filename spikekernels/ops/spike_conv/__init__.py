@@ -1,0 +1,3 @@
+from .op import spike_conv2d, spike_linear
+
+__all__ = ["spike_conv2d", "spike_linear"]

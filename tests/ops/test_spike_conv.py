@@ -1,0 +1,224 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+import spikekernels as sk
+from spikekernels.ops.spike_conv import numba as sc_numba
+from spikekernels.testing import assert_close, assert_spikes_match, membrane_trace
+
+# (T, B, Cin, Cout, H, W, k, stride, padding): T=1, primes, odd sizes, kernel 1 and 3, stride 1
+# and 2, padding 0 and 1; Cout=17/20 cross Triton's 16-channel blocks and split into Numba
+# channel tiles when B=1.
+CASES = [
+    (1, 2, 3, 5, 7, 7, 3, 1, 1),
+    (4, 3, 2, 4, 5, 6, 1, 1, 0),
+    (3, 1, 5, 17, 9, 8, 3, 2, 1),
+    (5, 2, 3, 3, 8, 7, 3, 2, 0),
+    (2, 1, 4, 20, 6, 5, 3, 1, 0),
+]
+IDS = ["T1-k3s1p1", "T4-k1s1p0", "T3-k3s2p1-B1", "T5-k3s2p0", "T2-k3s1p0-B1"]
+PATHS = ["event", "dense"]
+
+
+@pytest.fixture(params=PATHS)
+def path(request, backend, monkeypatch):
+    """Numba's event-driven and dense paths, forced through the density switch."""
+    if backend != "numba" and request.param == "dense":
+        pytest.skip("only the Numba backend has a dense path")
+    monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", "1.0" if request.param == "event" else "0.0")
+    return request.param
+
+
+def _case(case, seed=0, density=0.3, dtype=torch.uint8):
+    T, B, Cin, Cout, H, W, k, st, pad = case
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.rand(T, B, Cin, H, W, generator=g) < density).to(dtype)
+    w = torch.randn(Cout, Cin, k, k, generator=g) * (1.5 / (Cin * k * k * density)) ** 0.5
+    b = torch.randn(Cout, generator=g) * 0.1
+    out_hw = ((H + 2 * pad - k) // st + 1, (W + 2 * pad - k) // st + 1)
+    return s, w, b, dict(stride=st, padding=pad), (T, B, Cout) + out_hw
+
+
+def _check_spikes(s, w, b, conv_kw, backend, **kw):
+    """Spikes and final membrane of ``backend`` against the reference (flips only near θ)."""
+    thr = kw.get("threshold", 1.0)
+    cur = sk.spike_conv2d(s, w, b, **conv_kw, neuron=False, backend="reference",
+                          residual=kw.get("residual"), residual_scale=kw.get("residual_scale", 1.0))
+    s_ref, v_ref = sk.spike_conv2d(s, w, b, **conv_kw, backend="reference", return_state=True, **kw)
+    out, v = sk.spike_conv2d(s, w, b, **conv_kw, backend=backend, return_state=True, **kw)
+    assert out.shape == s_ref.shape and out.dtype == s_ref.dtype
+    trace = membrane_trace(cur, thr, kw.get("v0"), kw.get("reset", "subtract"), kw.get("v_reset", 0.0))
+    flips = assert_spikes_match(out, s_ref, trace, threshold=thr)
+    if flips == 0:
+        assert_close(v, v_ref, rtol=1e-5, atol=1e-5, name="membrane")
+    assert 0 < s_ref.sum() < s_ref.numel(), "the case should have both spikes and silence"
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_currents_match_reference(backend, path, case):
+    s, w, b, conv_kw, out_shape = _case(case)
+    ref = sk.spike_conv2d(s, w, b, **conv_kw, neuron=False, backend="reference")
+    x = sk.spike_conv2d(s, w, b, **conv_kw, neuron=False, backend=backend)
+    assert x.shape == out_shape and x.dtype == torch.float32
+    assert_close(x, ref, rtol=1e-5, atol=1e-5, name="currents")
+    # the reference is conv2d then the IF scan
+    manual = F.conv2d(s.flatten(0, 1).float(), w, b, **conv_kw).view(out_shape)
+    assert_close(ref, manual, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.bool])
+def test_spikes_match_reference(backend, path, case, dtype):
+    s, w, b, conv_kw, _ = _case(case, seed=1, dtype=dtype)
+    out = _check_spikes(s, w, b, conv_kw, backend)
+    assert out.dtype == dtype
+
+
+@pytest.mark.parametrize("case", CASES[2:4], ids=IDS[2:4])
+def test_no_bias_per_channel_threshold_reset_zero(backend, path, case):
+    s, w, _, conv_kw, shape = _case(case, seed=2)
+    thr = torch.linspace(0.5, 1.5, shape[2])
+    _check_spikes(s, w, None, conv_kw, backend, threshold=thr, reset="zero", v_reset=-0.1)
+    _check_spikes(s, w, None, conv_kw, backend, threshold=0.8, v0=0.3)
+
+
+@pytest.mark.parametrize("case", CASES[:3], ids=IDS[:3])
+@pytest.mark.parametrize("kind", ["spikes-uint8", "spikes-bool", "current", "constant", "per-channel"])
+def test_residual_epilogue(backend, path, case, kind):
+    s, w, b, conv_kw, shape = _case(case, seed=3)
+    g = torch.Generator().manual_seed(4)
+    scale = 0.6
+    if kind == "spikes-uint8":
+        res = (torch.rand(shape, generator=g) < 0.3).to(torch.uint8)
+    elif kind == "spikes-bool":
+        res = torch.rand(shape, generator=g) < 0.3
+    elif kind == "current":
+        res = torch.randn(shape, generator=g) * 0.3
+    elif kind == "constant":
+        res = (torch.randn(shape[1:], generator=g) * 0.3).expand(shape)
+    else:
+        res = (torch.rand(shape, generator=g) < 0.3).float()
+        scale = torch.linspace(-0.5, 1.0, shape[2])
+    ref = sk.spike_conv2d(s, w, b, **conv_kw, neuron=False, residual=res, residual_scale=scale, backend="reference")
+    x = sk.spike_conv2d(s, w, b, **conv_kw, neuron=False, residual=res, residual_scale=scale, backend=backend)
+    assert_close(x, ref, rtol=1e-5, atol=1e-5, name="currents with residual")
+    _check_spikes(s, w, b, conv_kw, backend, residual=res, residual_scale=scale)
+
+
+def test_chunked_time_carries_state(backend, path):
+    s, w, b, conv_kw, _ = _case((6, 2, 3, 4, 7, 7, 3, 1, 1), seed=5)
+    whole, v_whole = sk.spike_conv2d(s, w, b, **conv_kw, backend=backend, return_state=True)
+    first, v1 = sk.spike_conv2d(s[:2], w, b, **conv_kw, backend=backend, return_state=True)
+    second, v2 = sk.spike_conv2d(s[2:], w, b, **conv_kw, backend=backend, return_state=True, v0=v1)
+    assert torch.equal(torch.cat([first, second]), whole)
+    assert_close(v2, v_whole, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("form", ["timesteps", "expand"])
+def test_constant_analog_input(backend, path, form):
+    T = 6
+    g = torch.Generator().manual_seed(6)
+    img = torch.randn(1, 2, 3, 7, 7, generator=g)
+    w = torch.randn(5, 3, 3, 3, generator=g) * 0.3
+    b = torch.randn(5, generator=g) * 0.1
+    x = dict(s=img, timesteps=T) if form == "timesteps" else dict(s=img.expand(T, -1, -1, -1, -1))
+    cur = sk.spike_conv2d(**x, weight=w, bias=b, padding=1, neuron=False, backend=backend)
+    assert cur.shape == (T, 2, 5, 7, 7) and cur.stride(0) == 0, "a constant current is broadcast, not copied"
+    ref_cur = sk.spike_conv2d(img.expand(T, -1, -1, -1, -1).contiguous(), w, b, padding=1, neuron=False,
+                              backend="reference")
+    assert_close(cur, ref_cur, rtol=1e-5, atol=1e-5)
+    out, v = sk.spike_conv2d(**x, weight=w, bias=b, padding=1, backend=backend, return_state=True)
+    s_ref, v_ref = sk.spike_conv2d(img.expand(T, -1, -1, -1, -1).contiguous(), w, b, padding=1,
+                                   backend="reference", return_state=True)
+    assert out.dtype == img.dtype
+    assert_spikes_match(out, s_ref, membrane_trace(ref_cur))
+    assert 0 < out.sum() < out.numel()
+
+
+@pytest.mark.parametrize("spike_dtype", [torch.uint8, torch.bool, torch.float32, torch.float16])
+def test_spike_dtype(backend, spike_dtype):
+    s, w, b, conv_kw, _ = _case(CASES[0], seed=7)
+    out = sk.spike_conv2d(s, w, b, **conv_kw, spike_dtype=spike_dtype, backend=backend)
+    ref = sk.spike_conv2d(s, w, b, **conv_kw, spike_dtype=spike_dtype, backend="reference")
+    assert out.dtype == spike_dtype
+    cur = sk.spike_conv2d(s, w, b, **conv_kw, neuron=False, backend="reference")
+    assert_spikes_match(out, ref, membrane_trace(cur))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+@pytest.mark.parametrize("T,B,Fin,Fout", [(1, 2, 7, 5), (5, 3, 33, 17), (3, 1, 20, 10)])
+def test_spike_linear_matches_reference(backend, path, T, B, Fin, Fout, dtype):
+    g = torch.Generator().manual_seed(8)
+    s = (torch.rand(T, B, Fin, generator=g) < 0.3).to(dtype)
+    w = torch.randn(Fout, Fin, generator=g) * (5.0 / Fin) ** 0.5
+    b = torch.randn(Fout, generator=g) * 0.1
+    res = (torch.rand(T, B, Fout, generator=g) < 0.3).to(torch.uint8)
+    manual = F.linear(s.float(), w, b) + 0.5 * res
+    cur = sk.spike_linear(s, w, b, neuron=False, residual=res, residual_scale=0.5, backend=backend)
+    assert cur.shape == (T, B, Fout)
+    assert_close(cur, manual, rtol=1e-5, atol=1e-5)
+    out, v = sk.spike_linear(s, w, b, residual=res, residual_scale=0.5, backend=backend, return_state=True)
+    ref, v_ref = sk.spike_linear(s, w, b, residual=res, residual_scale=0.5, backend="reference", return_state=True)
+    assert out.shape == (T, B, Fout) and v.shape == (B, Fout) and out.dtype == dtype
+    assert_spikes_match(out, ref, membrane_trace(manual))
+    # chunked time with the carried state, and a constant analog input
+    first, v1 = sk.spike_linear(s[:1], w, b, residual=res[:1], residual_scale=0.5, backend=backend, return_state=True)
+    if T > 1:
+        second = sk.spike_linear(s[1:], w, b, v0=v1, residual=res[1:], residual_scale=0.5, backend=backend)
+        assert torch.equal(torch.cat([first, second]), out)
+    x = torch.randn(1, B, Fin, generator=g)
+    const = sk.spike_linear(x, w, b, timesteps=4, backend=backend)
+    const_ref = sk.spike_linear(x.expand(4, -1, -1).contiguous(), w, b, backend="reference")
+    assert_spikes_match(const, const_ref, membrane_trace(F.linear(x, w, b).expand(4, -1, -1)))
+
+
+def test_density_switch_picks_the_dense_path(monkeypatch):
+    s, w, b, conv_kw, _ = _case(CASES[0], density=0.5)
+    calls = []
+    monkeypatch.setattr(sc_numba, "_dense", lambda *a: calls.append("dense"))
+    monkeypatch.setattr(sc_numba, "_event", lambda *a: calls.append("event"))
+    monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", "0.3")
+    sk.spike_conv2d(s, w, b, **conv_kw, backend="numba")
+    sk.spike_conv2d((s[:, :, :, :, :] * 0).contiguous(), w, b, **conv_kw, backend="numba")
+    assert calls == ["dense", "event"]
+    assert abs(sc_numba.estimate_density(s) - 0.5) < 0.1
+
+
+BAD = [
+    (lambda s, w: dict(s=s, weight=w[:, :2]), ValueError, "input channels"),
+    (lambda s, w: dict(s=s[0], weight=w), ValueError, "5 dims"),
+    (lambda s, w: dict(s=s, weight=w[0]), ValueError, "Cout, Cin, kh, kw"),
+    (lambda s, w: dict(s=s, weight=w, padding=-1), ValueError, "padding"),
+    (lambda s, w: dict(s=s, weight=w, stride=0), ValueError, "stride"),
+    (lambda s, w: dict(s=s, weight=w, stride=1.5), TypeError, "stride"),
+    (lambda s, w: dict(s=s, weight=w, bias=torch.zeros(3)), ValueError, "bias"),
+    (lambda s, w: dict(s=s, weight=w, residual=torch.zeros(2, 2, 4, 5, 5)), ValueError, "residual"),
+    (lambda s, w: dict(s=s, weight=w, threshold=torch.ones(3)), ValueError, "threshold"),
+    (lambda s, w: dict(s=s, weight=w, residual_scale=torch.ones(3)), ValueError, "residual_scale"),
+    (lambda s, w: dict(s=s, weight=w, timesteps=3), ValueError, "timesteps"),
+    (lambda s, w: dict(s=s.long(), weight=w), TypeError, "dtype"),
+    (lambda s, w: dict(s=s, weight=w.long()), TypeError, "weight"),
+    (lambda s, w: dict(s=s, weight=w, neuron=False, return_state=True), ValueError, "neuron"),
+    (lambda s, w: dict(s=s[:, :, :, :2, :2], weight=w), ValueError, "larger than"),
+    (lambda s, w: dict(s=[1, 2], weight=w), TypeError, "torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("make,exc,match", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_input_raises(make, exc, match):
+    s = torch.zeros(2, 2, 3, 5, 5, dtype=torch.uint8)
+    w = torch.zeros(4, 3, 3, 3)
+    with pytest.raises(exc, match=match):
+        sk.spike_conv2d(**make(s, w), backend="reference")
+
+
+def test_linear_bad_input_raises():
+    with pytest.raises(ValueError, match="3 dims"):
+        sk.spike_linear(torch.zeros(2, 3, 4, 5), torch.zeros(6, 4))
+    with pytest.raises(ValueError, match="Fout, Fin"):
+        sk.spike_linear(torch.zeros(2, 3, 4), torch.zeros(6, 4, 1))
+    with pytest.raises(ValueError, match="input channels"):
+        sk.spike_linear(torch.zeros(2, 3, 4), torch.zeros(6, 5))
+    with pytest.raises(ValueError, match="residual"):
+        sk.spike_linear(torch.zeros(2, 3, 4), torch.zeros(6, 4), residual=torch.zeros(2, 3, 5))
