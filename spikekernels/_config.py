@@ -4,7 +4,7 @@
 |---|---|---|---|
 | SPIKEKERNELS_BACKEND | auto, reference, numba, triton | auto | which kernels the ops run; auto sends CUDA tensors to Triton and CPU tensors to Numba |
 | SPIKEKERNELS_NUMBA_FASTMATH | 0, 1 | 0 | fastmath for Numba kernels that do no neuron update (the IF update never uses it) |
-| SPIKEKERNELS_CONV_DENSE_DENSITY | float in [0, 1] | 0.3 | input spike density above which the Numba spiking conv/linear switches from the event-driven kernel to the dense path (crossover measured on ResNet-20 layer shapes, see bench/RESULTS.md) |
+| SPIKEKERNELS_CONV_DENSE_DENSITY | float in [0, 1] | 0.4 | input spike density above which the Numba spiking conv/linear switches from the event-driven kernel to the dense path (crossover measured on ResNet-20 layer shapes, see bench/RESULTS.md) |
 | TRITON_INTERPRET | 0, 1 | 0 | Triton's own switch; with 1, Triton kernels run on CPU tensors (tests) |
 
 Values are read from ``os.environ`` at call time (cheap) and parsed once per distinct raw
@@ -61,7 +61,7 @@ def numba_fastmath() -> bool:
 
 def conv_dense_density() -> float:
     return _parse_fraction(
-        "SPIKEKERNELS_CONV_DENSE_DENSITY", os.environ.get("SPIKEKERNELS_CONV_DENSE_DENSITY", "0.3")
+        "SPIKEKERNELS_CONV_DENSE_DENSITY", os.environ.get("SPIKEKERNELS_CONV_DENSE_DENSITY", "0.4")
     )
 
 

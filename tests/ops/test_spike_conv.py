@@ -15,8 +15,11 @@ CASES = [
     (3, 1, 5, 17, 9, 8, 3, 2, 1),
     (5, 2, 3, 3, 8, 7, 3, 2, 0),
     (2, 1, 4, 20, 6, 5, 3, 1, 0),
+    # H'*W' a multiple of 8: the Numba kernel's word-wise spike and residual transposes
+    (3, 2, 9, 11, 8, 8, 3, 1, 1),
+    (2, 2, 8, 9, 16, 16, 3, 2, 1),
 ]
-IDS = ["T1-k3s1p1", "T4-k1s1p0", "T3-k3s2p1-B1", "T5-k3s2p0", "T2-k3s1p0-B1"]
+IDS = ["T1-k3s1p1", "T4-k1s1p0", "T3-k3s2p1-B1", "T5-k3s2p0", "T2-k3s1p0-B1", "T3-8x8-k3s1p1", "T2-16x16-k3s2p1"]
 PATHS = ["event", "dense"]
 
 
@@ -83,7 +86,7 @@ def test_no_bias_per_channel_threshold_reset_zero(backend, path, case):
     _check_spikes(s, w, None, conv_kw, backend, threshold=0.8, v0=0.3)
 
 
-@pytest.mark.parametrize("case", CASES[:3], ids=IDS[:3])
+@pytest.mark.parametrize("case", CASES[:3] + CASES[5:], ids=IDS[:3] + IDS[5:])
 @pytest.mark.parametrize("kind", ["spikes-uint8", "spikes-bool", "current", "constant", "per-channel"])
 def test_residual_epilogue(backend, path, case, kind):
     s, w, b, conv_kw, shape = _case(case, seed=3)

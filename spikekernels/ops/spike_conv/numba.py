@@ -1,11 +1,16 @@
 """Numba CPU kernels of the spiking convolution: event-driven below a spike density, dense above.
 
 Event-driven path (``_event_kernel``): one work item per (image, output-channel tile), the
-T loop inside. At each step every input spike adds its weight slices into an output
-current buffer kept channels-last ``[H'*W', Cout]``, so with the weight stored
-``[kh, kw, Cin, Cout]`` the innermost loop is a contiguous Cout-vector add; silent inputs
-cost one byte read. Then the IF update runs over the buffer (no fastmath: the same float32
-operations, in the same order, as ``if_scan``) and clears it for the next step.
+T loop inside. At each step the input spikes are gathered into a compact list (8 input bytes
+per word read, silent words skipped), then every spike adds its weight slices into an output
+current buffer kept channels-last ``[H'*W', Cout]`` as explicit 8-float vector adds; stride
+> 1 splits the weight by kernel phase so that every spike still adds contiguous runs. Then
+the IF update runs channels-last over the buffer with a channels-last membrane (no fastmath:
+the same float32 operations, in the same order, as ``if_scan``), clears it, and the spikes
+are transposed to ``[Cout, H', W']`` 8x8 bytes at a time.
+
+All host-side preparation is numpy, not torch: torch's own OpenMP pool spins for
+milliseconds after each parallel torch op, on the cores the Numba threads need.
 
 Dense path (``_dense``): above SPIKEKERNELS_CONV_DENSE_DENSITY input density, torch's conv
 runs on chunks of a few steps (no temporary over 32 MiB, so none is a fresh mmap) and
@@ -18,6 +23,9 @@ import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from ... import _config
 from ..if_scan.numba import spike_buffer
@@ -28,141 +36,294 @@ CHUNK_BYTES = 8 * 2**20
 # input elements sampled to estimate the spike density
 DENSITY_SAMPLE = 1 << 16
 BLOCK = 2048
+# byte b -> uint64 whose byte j is bit j of b
+_SPREAD = np.array([sum(((b >> j) & 1) << (8 * j) for j in range(8)) for b in range(256)], np.uint64)
+
+
+def _axpy8_codegen(context, builder, signature, args):
+    dty, doty, sty, soty, fty = signature.args
+    dst = context.make_array(dty)(context, builder, args[0])
+    src = context.make_array(sty)(context, builder, args[2])
+    do = context.cast(builder, args[1], doty, types.intp)
+    so = context.cast(builder, args[3], soty, types.intp)
+    vt = ir.VectorType(ir.FloatType(), 8)
+    dp = builder.bitcast(builder.gep(dst.data, [do]), vt.as_pointer())
+    sp = builder.bitcast(builder.gep(src.data, [so]), vt.as_pointer())
+    f = context.cast(builder, args[4], fty, types.float32)
+    fv = builder.insert_element(ir.Constant(vt, ir.Undefined), f, ir.Constant(ir.IntType(32), 0))
+    fv = builder.shuffle_vector(fv, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+    a = builder.load(dp, align=4)
+    w = builder.load(sp, align=4)
+    builder.store(builder.fadd(a, builder.fmul(w, fv)), dp, align=4)
+    return context.get_dummy_value()
+
+
+if numba.config.DISABLE_JIT:
+    def _axpy8(dst, doff, src, soff, scale):
+        dst[doff:doff + 8] += scale * src[soff:soff + 8]
+else:
+    @intrinsic
+    def _axpy8(typingctx, dst, doff, src, soff, scale):
+        """``dst[doff:doff+8] += scale * src[soff:soff+8]`` (float32) as one 8-lane vector op.
+
+        Written as an explicit vector so the 8 adds are one ``vaddps ymm`` with no runtime alias
+        check or scalar remainder: the loop vectorizer unrolls by 32 floats and left a scalar
+        tail on the 48-float runs of 16-channel layers (about 2x slower there).
+        """
+        return types.void(dst, doff, src, soff, scale), _axpy8_codegen
 
 
 @numba.njit(cache=True)
-def _taps(n_in, n_out, k, stride, pad):
-    """For every input coordinate i: the kernel taps kk and output coordinates o it reaches
-    (i = o * stride - pad + kk), as ``tap[i, j]``, ``pos[i, j]`` for ``j < cnt[i]``."""
-    width = (k + stride - 1) // stride
-    tap = np.zeros((n_in, width), np.int64)
-    pos = np.zeros((n_in, width), np.int64)
-    cnt = np.zeros(n_in, np.int64)
+def _phase_table(n_in, k, stride, pad, nt, width):
+    """Per input coordinate i: where its taps land, for the phase-split weight.
+
+    With ``ph = (i + pad) % stride`` the taps ``kk = ph + stride * j`` (``j < nt``) reach output
+    coordinates ``(i + pad - ph) // stride - j``; stored reversed (``r = nt - 1 - j``) they are
+    consecutive. Taps past the kernel (``kk >= k``) are zeros at the first ``skip`` positions
+    of the reversed order and are skipped. Returns, per i: the offset (in floats, margin of
+    ``nt - 1`` included) of the first real tap's output coordinate, the phase, the skip count
+    and the number of real taps (0: the input reaches no output).
+    """
+    off = np.zeros(n_in, np.int64)
+    pha = np.zeros(n_in, np.int64)
+    skip = np.zeros(n_in, np.int64)
+    n_real = np.zeros(n_in, np.int64)
     for i in range(n_in):
-        for kk in range(k):
-            num = i + pad - kk
-            if num >= 0 and num % stride == 0 and num // stride < n_out:
-                tap[i, cnt[i]] = kk
-                pos[i, cnt[i]] = num // stride
-                cnt[i] += 1
-    return tap, pos, cnt
+        ph = (i + pad) % stride
+        pha[i] = ph
+        nr = (k - ph + stride - 1) // stride if ph < k else 0
+        n_real[i] = nr
+        skip[i] = nt - nr
+        # first output coordinate (i + pad - ph) // stride - (nt - 1), plus the margin nt - 1
+        off[i] = ((i + pad - ph) // stride + skip[i]) * width
+    return off, pha, skip, n_real
 
 
 @numba.njit(cache=True, fastmath=False, inline="always")
-def _neuron_step(flat, my, mx, Ho, Wo, bi, sc, th, vl, ot, c0, nc, co_tile, b, Cout, t, res, const_res,
-                 has_res, neuron, reset_zero, vr):
-    """IF update of one tile at one step from the channels-last current ``flat``; clears it.
+def _if_row(arow, bi, sc, rr, th, vrow, sp, has_res, reset_zero, vr):
+    """IF update of one output row, channels-last ``[W', co_tile]``; clears the current.
 
-    Channel-outer order: the membrane ``vl [co_tile, P]``, the residual and the spikes are
-    read and written contiguously; only the (cache-resident) current is read with a stride.
+    Same float32 operations, in the same order, as ``if_scan``: ``x = (acc + b) + α·r``,
+    ``v = v + x``, ``s = v >= θ``, then the reset. Branches outside the loops so each vectorizes.
     """
     zero = np.float32(0.0)
-    tr = 0 if const_res else t
-    P = Ho * Wo
-    for c in range(nc):
-        vrow = vl[c]
-        orow = ot[c0 + c]
-        rrow = res[tr, (b * Cout + c0 + c) * P:(b * Cout + c0 + c + 1) * P] if has_res else res[0, :1]
-        bc = bi[c]
-        tc = th[c]
-        sc_c = sc[c]
-        for oy in range(Ho):
-            arow = flat[oy + my, (mx * co_tile + c):]
-            for ox in range(Wo):
-                k = ox * co_tile
-                xv = arow[k] + bc
-                arow[k] = zero
-                p = oy * Wo + ox
-                if has_res:
-                    xv = xv + sc_c * np.float32(rrow[p])
-                if neuron:
-                    vi = vrow[p] + xv
-                    spk = vi >= tc
-                    orow[p] = spk
-                    if reset_zero:
-                        vrow[p] = vr if spk else vi
-                    else:
-                        vrow[p] = vi - (tc if spk else zero)
-                else:
-                    orow[p] = xv
+    n = arow.shape[0]
+    if has_res:
+        if reset_zero:
+            for j in range(n):
+                vi = vrow[j] + ((arow[j] + bi[j]) + sc[j] * np.float32(rr[j]))
+                arow[j] = zero
+                spk = vi >= th[j]
+                sp[j] = spk
+                vrow[j] = vr if spk else vi
+        else:
+            for j in range(n):
+                vi = vrow[j] + ((arow[j] + bi[j]) + sc[j] * np.float32(rr[j]))
+                arow[j] = zero
+                spk = vi >= th[j]
+                sp[j] = spk
+                vrow[j] = vi - (th[j] if spk else zero)
+    else:
+        if reset_zero:
+            for j in range(n):
+                vi = vrow[j] + (arow[j] + bi[j])
+                arow[j] = zero
+                spk = vi >= th[j]
+                sp[j] = spk
+                vrow[j] = vr if spk else vi
+        else:
+            for j in range(n):
+                vi = vrow[j] + (arow[j] + bi[j])
+                arow[j] = zero
+                spk = vi >= th[j]
+                sp[j] = spk
+                vrow[j] = vi - (th[j] if spk else zero)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def _event_kernel(s, wr, acc_width, bias, stride1, rtap, rpos, rcnt, ctap, cpos, ccnt, my, mx, Ho, Wo, thr, v, out,
-                  reset_zero, v_reset, res, rs, has_res, neuron):
-    """Event-driven conv + IF. ``wr [tiles, kh, Cin, kw * co_tile]`` holds the weight with kw
-    reversed (``acc_width`` = co_tile), so that with stride 1 one spike and one kernel row add ``kw * co_tile``
-    contiguous floats into the margin-padded current ``acc [rows, cols, co_tile]``."""
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _current_row(arow, bi, sc, rr, xr, has_res):
+    """``x = (acc + b) + α·r`` of one output row into ``xr`` (``neuron=False``); clears the current."""
+    zero = np.float32(0.0)
+    for j in range(arow.shape[0]):
+        xv = arow[j] + bi[j]
+        if has_res:
+            xv = xv + sc[j] * np.float32(rr[j])
+        xr[j] = xv
+        arow[j] = zero
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res, spread, wr, co_tile, ct, nty,
+                  ntx, roff, rwoff, rok, xoff, xpha, xok, xlen, xbits, rowlen, n_rows, Cout, Ho, Wo, bias, thr, rs,
+                  v, out, reset_zero, v_reset, res, has_res, neuron):
+    """Event-driven conv + IF, one work item per (image, output-channel tile), T loop inside.
+
+    ``wr [tiles, sy * sx phases, nty, Cin, ntx * ct]``: for each (row phase, column phase) of an
+    input coordinate, its kernel taps reversed, so one spike adds ``nty`` contiguous runs of
+    ``ntx * ct`` floats into the margin-padded channels-last current ``acc [n_rows, rowlen]``
+    (taps outside the output land in margins that are never read; taps past the kernel are
+    skipped through ``rok`` / ``xlen``). Per step: the spikes go into a compact index list
+    (uint8 input: 8 bytes a word, silent words skipped), each spike adds 8-float vectors
+    (``_axpy8``), then the IF runs row by row channels-last with the membrane channels-last
+    too (vectorized, clears the current), and the spikes are transposed to ``[Cout, H'W']``
+    8x8 at a time (``fast_out``); a uint8 residual comes in the same way (``fast_res``).
+    """
     T, B, Cin, H, W = s.shape
-    n_tiles, kh, _, span = wr.shape
-    co_tile = acc_width
-    kw = span // co_tile
-    Cout = out.shape[2]
+    n_tiles = wr.shape[0]
+    span = ntx * ct
+    rstride = Cin * span
     P = Ho * Wo
+    WC = Wo * ct
     n_thr = thr.shape[0]
     n_rs = rs.shape[0]
     const_res = res.shape[0] == 1
     vr = np.float32(v_reset)
-    rows = H + kh + 2 * my
-    cols = W + kw + 2 * mx
+    xmask = (1 << xbits) - 1
     for item in numba.prange(B * n_tiles):
         b = item // n_tiles
         tile = item % n_tiles
         c0 = tile * co_tile
         nc = min(co_tile, Cout - c0)
-        acc = np.zeros((rows, cols, co_tile), np.float32)
-        flat = acc.reshape(rows, cols * co_tile)
-        vl = np.empty((co_tile, P), np.float32)
-        th = np.empty(co_tile, np.float32)
-        sc = np.empty(co_tile, np.float32)
-        bi = np.zeros(co_tile, np.float32)
-        for c in range(nc):
-            th[c] = thr[(c0 + c) % n_thr]
-            sc[c] = rs[(c0 + c) % n_rs]
-            bi[c] = bias[c0 + c]
-            if neuron:
-                base = (b * Cout + c0 + c) * P
-                for p in range(P):
-                    vl[c, p] = v[base + p]
-        wt = wr[tile]
-        for t in range(T):
-            st = s[t, b]
-            for ci in range(Cin):
-                for y in range(H):
-                    nr = rcnt[y]
-                    if nr == 0:
-                        continue
-                    srow = st[ci, y]
-                    for x in range(W):
-                        val = srow[x]
-                        if val == 0:
-                            continue
-                        fv = np.float32(val)
-                        if stride1:
-                            # kernel row khh reaches output row rpos, columns x+pw-kw+1 .. x+pw
-                            col = (x + mx - ccnt[0]) * co_tile
-                            for jr in range(nr):
-                                a = flat[rpos[y, jr] + my, col:col + span]
-                                wv = wt[rtap[y, jr], ci]
-                                for j in range(span):
-                                    a[j] += fv * wv[j]
-                        else:
-                            for jr in range(nr):
-                                ar = acc[rpos[y, jr] + my]
-                                khh = rtap[y, jr]
-                                for jc in range(ccnt[x]):
-                                    a = ar[cpos[x, jc] + mx]
-                                    wv = wt[khh, ci]
-                                    wo = (kw - 1 - ctap[x, jc]) * co_tile
-                                    for c in range(co_tile):
-                                        a[c] += fv * wv[wo + c]
-            _neuron_step(flat, my, mx, Ho, Wo, bi, sc, th, vl, out[t, b], c0, nc, co_tile, b, Cout, t, res,
-                         const_res, has_res, neuron, reset_zero, vr)
+        acc = np.zeros(n_rows * rowlen, np.float32)
+        vl = np.zeros(Ho * WC, np.float32)
+        th = np.ones(WC, np.float32)
+        sc = np.zeros(WC, np.float32)
+        bi = np.zeros(WC, np.float32)
+        rr = np.zeros(Ho * WC if has_res and not fast_res else WC, np.float32)
+        rr8w = np.zeros(Ho * WC // 8 if fast_res else 1, np.uint64)
+        rr8 = rr8w.view(np.uint8)
+        spw = np.zeros(Ho * WC // 8 if neuron else 1, np.uint64)
+        sp = spw.view(np.uint8)
+        xr = np.zeros(1 if neuron else Ho * WC, np.float32)
+        idx = np.empty(Cin * H * W, np.int64)
+        for ox in range(Wo):
+            for c in range(nc):
+                th[ox * ct + c] = thr[(c0 + c) % n_thr]
+                sc[ox * ct + c] = rs[(c0 + c) % n_rs]
+                bi[ox * ct + c] = bias[c0 + c]
         if neuron:
             for c in range(nc):
                 base = (b * Cout + c0 + c) * P
                 for p in range(P):
-                    v[base + p] = vl[c, p]
+                    vl[p * ct + c] = v[base + p]
+        wt = wr[tile]
+        for t in range(T):
+            st = s[t, b].reshape(Cin * H, W)
+            # compact list of this step's spikes, (ci * H + y) << xbits | x
+            cnt = 0
+            if use_words:
+                # uint8 spikes 8 at a time: skip silent words, then 8 branch-free appends
+                wd = words[t, b]
+                nw = W // 8
+                for row in range(Cin * H):
+                    if rok[row] == 0:
+                        continue
+                    base = row << xbits
+                    for q in range(nw):
+                        wv = wd[row * nw + q]
+                        if wv == 0:
+                            continue
+                        i0 = base + q * 8
+                        for j in range(8):
+                            idx[cnt] = i0 + j
+                            cnt += ((wv >> np.uint64(8 * j)) & np.uint64(0xFF)) != 0
+            else:
+                for row in range(Cin * H):
+                    if rok[row] == 0:
+                        continue
+                    srow = st[row]
+                    base = row << xbits
+                    for x in range(W):
+                        idx[cnt] = base | x
+                        cnt += (srow[x] != 0) & (xok[x] != 0)
+            for k in range(cnt):
+                i = idx[k]
+                row = i >> xbits
+                x = i & xmask
+                a0 = roff[row] + xoff[x]
+                w0 = rwoff[row] + xpha[x]
+                fv = np.float32(st[row, x])
+                xl = xlen[x]
+                for r in range(rok[row]):
+                    ab = a0 + r * rowlen
+                    wb = w0 + r * rstride
+                    for q in range(0, xl, 8):
+                        _axpy8(acc, ab + q, wt, wb + q, fv)
+            ot = out[t, b]
+            tr = 0 if const_res else t
+            if fast_res:
+                # uint8 residual to channels-last 8 channels x 8 pixels at a time (the spike
+                # transpose run backwards); blocks with a value other than 0/1 are copied bytewise
+                rw = res_words[tr]
+                cg = ct // 8
+                for g in range(cg):
+                    kn = min(8, nc - 8 * g)
+                    w_lo = ((b * Cout + c0 + 8 * g) * P) // 8
+                    for pb in range(P // 8):
+                        m = np.uint64(0)
+                        big = np.uint64(0)
+                        for k in range(kn):
+                            wv = rw[w_lo + k * (P // 8) + pb]
+                            big |= wv
+                            m |= wv << np.uint64(k)
+                        if big & np.uint64(0xFEFEFEFEFEFEFEFE):
+                            for k in range(kn):
+                                for j in range(8):
+                                    rr8[(pb * 8 + j) * ct + 8 * g + k] = res[tr, (b * Cout + c0 + 8 * g + k) * P + pb * 8 + j]
+                        else:
+                            for j in range(8):
+                                rr8w[(pb * 8 + j) * cg + g] = spread[np.int64((m >> np.uint64(8 * j)) & np.uint64(0xFF))]
+            elif has_res:
+                for c in range(nc):
+                    src = res[tr, (b * Cout + c0 + c) * P:(b * Cout + c0 + c + 1) * P]
+                    for p in range(P):
+                        rr[p * ct + c] = np.float32(src[p])
+            # IF (or the current) row by row, channels-last, then one transpose to [Cout, H'W']
+            for oy in range(Ho):
+                a_lo = (oy + nty - 1) * rowlen + (ntx - 1) * ct
+                arow = acc[a_lo:a_lo + WC]
+                if fast_res:
+                    rrow8 = rr8[oy * WC:(oy + 1) * WC]
+                    if neuron:
+                        _if_row(arow, bi, sc, rrow8, th, vl[oy * WC:(oy + 1) * WC], sp[oy * WC:(oy + 1) * WC], True,
+                                reset_zero, vr)
+                    else:
+                        _current_row(arow, bi, sc, rrow8, xr[oy * WC:(oy + 1) * WC], True)
+                    continue
+                rrow = rr[oy * WC:(oy + 1) * WC] if has_res else rr[:WC]
+                if neuron:
+                    _if_row(arow, bi, sc, rrow, th, vl[oy * WC:(oy + 1) * WC], sp[oy * WC:(oy + 1) * WC], has_res,
+                            reset_zero, vr)
+                else:
+                    _current_row(arow, bi, sc, rrow, xr[oy * WC:(oy + 1) * WC], has_res)
+            if fast_out:
+                # 8 pixels x 8 channels at a time: OR the 8 pixel words (one 0/1 byte per
+                # channel) shifted by the pixel into one bit matrix, then spread each channel's
+                # byte of it back to 8 bytes through a table: one uint64 store per 8 spikes
+                ow = out_words[t, b]
+                cg = ct // 8
+                for g in range(cg):
+                    kn = min(8, nc - 8 * g)
+                    for pb in range(P // 8):
+                        m = np.uint64(0)
+                        for j in range(8):
+                            m |= spw[(pb * 8 + j) * cg + g] << np.uint64(j)
+                        for k in range(kn):
+                            ow[c0 + 8 * g + k, pb] = spread[np.int64((m >> np.uint64(8 * k)) & np.uint64(0xFF))]
+                continue
+            for c in range(nc):
+                orow = ot[c0 + c]
+                if neuron:
+                    for p in range(P):
+                        orow[p] = sp[p * ct + c]
+                else:
+                    for p in range(P):
+                        orow[p] = xr[p * ct + c]
+        if neuron:
+            for c in range(nc):
+                base = (b * Cout + c0 + c) * P
+                for p in range(P):
+                    v[base + p] = vl[p * ct + c]
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
@@ -248,26 +409,45 @@ def _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, r
     T, B, Cin, H, W = s.shape
     Cout, _, kh, kw = weight.shape
     Ho, Wo = out.shape[3:]
+    sy, sx = stride
     threads = numba.get_num_threads()
     co_tile = Cout
     # too few images to keep every thread busy: split the output channels into tiles too
     while B * -(-Cout // co_tile) < 2 * threads and co_tile > 8:
         co_tile = (co_tile + 1) // 2
     n_tiles = -(-Cout // co_tile)
-    # [tiles, kh, Cin, kw reversed * co_tile], zero-padded in the last tile
-    wr = torch.zeros(n_tiles * co_tile, Cin, kh, kw, dtype=torch.float32)
-    wr[:Cout] = weight
-    wr = wr.flip(3).view(n_tiles, co_tile, Cin, kh, kw).permute(0, 3, 2, 4, 1).reshape(n_tiles, kh, Cin, kw * co_tile)
-    wr = wr.contiguous().numpy()
-    stride1 = stride == (1, 1)
-    rtap, rpos, rcnt = _taps(H, Ho, kh, stride[0], padding[0])
-    ctap, cpos, ccnt = _taps(W, Wo, kw, stride[1], padding[1])
-    if stride1:
-        # ccnt[0] carries the column offset of the first tap: x + pw - (kw - 1)
-        ccnt = np.array([kw - 1 - padding[1]], np.int64)
-    # margins so that every tap of a stride-1 spike lands inside the buffer
-    my = max(kh, padding[0]) + 1
-    mx = max(kw, padding[1]) + 1
+    # whole 8-float (AVX2) vectors per output pixel: the padded channels get zero weights
+    ct = -(-co_tile // 8) * 8
+    nty, ntx = -(-kh // sy), -(-kw // sx)
+    span = ntx * ct
+    # [tiles, ct, Cin, nty, sy, ntx, sx] (kernel tap = phase + stride * j, zeros past the kernel)
+    # -> [tiles, row phase, column phase, nty reversed, Cin, ntx reversed, ct]
+    # numpy, not torch: a torch op this size wakes torch's OpenMP pool, whose threads then spin
+    # for milliseconds on the cores the kernel's Numba threads need
+    w_np = weight.numpy()
+    wp = np.zeros((n_tiles, ct, Cin, nty * sy, ntx * sx), np.float32)
+    for tile in range(n_tiles):
+        c0 = tile * co_tile
+        nc = min(co_tile, Cout - c0)
+        wp[tile, :nc, :, :kh, :kw] = w_np[c0:c0 + nc]
+    wp = wp.reshape(n_tiles, ct, Cin, nty, sy, ntx, sx)[:, :, :, ::-1, :, ::-1, :].transpose(0, 4, 6, 3, 2, 5, 1)
+    wr = np.ascontiguousarray(wp).reshape(n_tiles, -1)
+    cols = max((W - 1 + padding[1]) // sx + 1, Wo) + ntx - 1
+    rowlen = cols * ct
+    n_rows = max((H - 1 + padding[0]) // sy + 1, Ho) + nty - 1
+    yoff, ypha, yskip, yn = _phase_table(H, kh, sy, padding[0], nty, rowlen)
+    xoff, xpha, xskip, xn = _phase_table(W, kw, sx, padding[1], ntx, ct)
+    # weight offsets: ((row phase * sx + column phase) * nty + skipped rows) * Cin * span
+    # + skipped columns * ct; the column skip moves the current offset and shortens the run
+    xpha = xpha * (nty * Cin * span) + xskip * ct
+    xlen = xn * ct
+    xok = (xn > 0).astype(np.uint8)
+    # per input row (ci, y): current offset, weight offset, and how many kernel rows it reaches
+    roff = np.tile(yoff, Cin)
+    rwoff = (ypha * (sx * nty * Cin * span) + yskip * (Cin * span))[None, :] + (np.arange(Cin) * span)[:, None]
+    rwoff = np.ascontiguousarray(rwoff).reshape(-1)
+    rok = np.tile(yn, Cin)
+    xbits = max(1, int(W - 1).bit_length())
     if neuron:
         buf, stage = spike_buffer(out)
         v_np = v.numpy()
@@ -275,9 +455,20 @@ def _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, r
         buf, stage = out.numpy(), None
         v_np = np.zeros(1, np.float32)
     res_np = np.zeros((1, 1), np.float32) if res is None else res.numpy()
-    _event_kernel(s.numpy(), wr, co_tile, bias.numpy(), stride1, rtap, rpos, rcnt, ctap, cpos, ccnt, my, mx, Ho, Wo,
-                  thr.numpy(), v_np, buf.reshape(T, B, Cout, Ho * Wo), reset_zero, v_reset, res_np,
-                  rs.numpy(), res is not None, neuron)
+    s_np = s.numpy()
+    # uint8 rows of whole 8-byte words, every column reaching the output: scan words
+    use_words = s_np.dtype == np.uint8 and W % 8 == 0 and bool(xok.all())
+    words = s_np.reshape(T, B, -1).view(np.uint64) if use_words else np.zeros((1, 1, 1), np.uint64)
+    out4 = buf.reshape(T, B, Cout, Ho * Wo)
+    # uint8 spikes, whole 8-byte words per channel row: the transpose writes words
+    fast_out = neuron and out4.dtype == np.uint8 and (Ho * Wo) % 8 == 0
+    out_words = out4.view(np.uint64) if fast_out else np.zeros((1, 1, 1, 1), np.uint64)
+    # uint8 residual, whole 8-byte words per channel row: transposed by words too
+    fast_res = res_np.dtype == np.uint8 and (Ho * Wo) % 8 == 0 and res_np.flags.c_contiguous
+    res_words = res_np.view(np.uint64) if fast_res else np.zeros((1, 1), np.uint64)
+    _event_kernel(s_np, words, use_words, out_words, fast_out, res_words, fast_res, _SPREAD, wr, co_tile, ct, nty, ntx, roff, rwoff, rok, xoff, xpha, xok, xlen, xbits, rowlen, n_rows, Cout, Ho, Wo,
+                  bias.numpy(), thr.numpy(), rs.numpy(), v_np, out4, reset_zero,
+                  v_reset, res_np, res is not None, neuron)
     if stage is not None:
         out.copy_(stage)
 
