@@ -1,3 +1,21 @@
 """sresnet: convert trained ResNets into spiking ResNets (S-ResNet) and simulate them."""
 
+from .convert import convert
+from .data import load_cifar
+from .evaluate import evaluate, evaluate_snn
+from .models import cifar_resnet, imagenet_resnet, load_checkpoint
+from .simulate import SpikingNetwork, firing_rate
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "SpikingNetwork",
+    "cifar_resnet",
+    "convert",
+    "evaluate",
+    "evaluate_snn",
+    "firing_rate",
+    "imagenet_resnet",
+    "load_checkpoint",
+    "load_cifar",
+]

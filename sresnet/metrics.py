@@ -98,3 +98,107 @@ class EnergyModel:
 
     def ann(self, macs: float) -> float:
         return macs * self.e_mac
+
+
+def _map_through(op: tuple, m: torch.Tensor) -> torch.Tensor:
+    """Carry a spike-count map ``[C, H, W]`` through a parameter-free op that precedes a synapse.
+
+    Sum pooling (not average) so that every spike stays counted once per pooled position it
+    reaches: exact for non-overlapping pools, an upper bound for overlapping ones.
+    """
+    kind = op[0]
+    if kind == "subsample":
+        return m[:, :: op[1], :: op[1]]
+    if kind == "chanpad":
+        return torch.nn.functional.pad(m, (0, 0, 0, 0, op[1], op[2]))
+    if kind == "avgpool":
+        k, s, p = _pair(op[1]), _pair(op[2] or op[1]), _pair(op[3])
+        return torch.nn.functional.avg_pool2d(m[None], k, s, p)[0] * (k[0] * k[1])
+    if kind == "gap":
+        return m.sum((-2, -1))
+    if kind == "flatten":
+        return m.reshape(-1)
+    raise ValueError(f"unknown op {kind!r} in a synapse path")
+
+
+def layer_costs(snn, maps: dict[int, torch.Tensor], images: int, in_shape: Sequence[int]) -> list[dict]:
+    """Per-synapse-layer SOPs (from spike-count maps) and ANN MACs, both per image.
+
+    Args:
+        snn: a :class:`sresnet.SpikingNetwork`.
+        maps: layer index -> spike counts of that layer's output ``[C, H, W]`` (or ``[F]``)
+            summed over time and images.
+        images: how many images the maps cover.
+        in_shape: the image shape ``[C, H, W]``.
+    """
+    rows = []
+    shapes = {i: tuple(l.shape) for i, l in enumerate(snn.layers)}
+    for i, layer in enumerate(snn.layers):
+        terms = ([layer.main] if layer.main is not None else []) + list(layer.others)
+        for term in terms:
+            if term.kind is None and term.source == -1:
+                continue
+            src_shape = tuple(in_shape) if term.source == -1 else shapes[term.source]
+            analog = term.source == -1
+            m = torch.ones(src_shape, dtype=torch.float64) if analog else maps[term.source].to(torch.float64)
+            for op in term.pre:
+                m = _map_through(op, m)
+            cin_hw = tuple(m.shape)
+            if term.kind == "conv":
+                cout, cin, kh, kw = term.weight.shape
+                out_hw = (conv_output_size(cin_hw[-2], kh, term.stride[0], term.padding[0]),
+                          conv_output_size(cin_hw[-1], kw, term.stride[1], term.padding[1]))
+                macs = conv_macs(cin, cout, (kh, kw), out_hw)
+                sops = 0.0 if analog else conv_sops(m, cout, (kh, kw), term.stride, term.padding) / images
+            elif term.kind == "linear":
+                fout, fin = term.weight.shape
+                macs = linear_macs(fin, fout)
+                sops = 0.0 if analog else linear_sops(float(m.sum()), fout) / images
+            else:  # a scaled shortcut into the merge neuron: one add per spike
+                macs = 0.0
+                sops = float(m.sum()) / images
+            rows.append({"layer": layer.name, "kind": term.kind or "shortcut", "analog": analog,
+                         "sops": sops, "macs": macs})
+    for term in snn.output:
+        m = maps[term.source].to(torch.float64)
+        for op in term.pre:
+            m = _map_through(op, m)
+        fout, fin = term.weight.shape if term.kind == "linear" else (0, 0)
+        rows.append({"layer": "output", "kind": term.kind or "shortcut", "analog": False,
+                     "sops": linear_sops(float(m.sum()), fout) / images if term.kind == "linear" else float(m.sum()) / images,
+                     "macs": linear_macs(fin, fout) if term.kind == "linear" else 0.0})
+    return rows
+
+
+def network_cost(snn, images: torch.Tensor, timesteps: int, *, backend: str | None = None,
+                 energy: EnergyModel | None = None) -> dict:
+    """Simulate ``images`` for ``timesteps`` steps and count synaptic operations and energy.
+
+    SNN: every spike times its real fan-out (:func:`conv_sops`), plus the MACs of layers fed
+    by the analog image, which run once per image (not T times). ANN: MACs of every conv and
+    linear layer. Energy per :class:`EnergyModel`.
+
+    Returns:
+        dict with sops_per_image, analog_macs_per_image, ann_macs_per_image,
+        snn_energy_j_per_image, ann_energy_j_per_image, energy_ratio (ANN / SNN),
+        energy_model, per_layer (list of dicts), timesteps, images.
+    """
+    energy = energy or EnergyModel()
+    _, stats = snn(images, timesteps=timesteps, backend=backend, return_stats=True, record_maps=True)
+    rows = layer_costs(snn, stats["maps"], images.shape[0], images.shape[1:])
+    sops = sum(r["sops"] for r in rows)
+    analog = sum(r["macs"] for r in rows if r["analog"])
+    macs = sum(r["macs"] for r in rows)
+    e_snn, e_ann = energy.snn(sops, analog), energy.ann(macs)
+    return {
+        "sops_per_image": sops,
+        "analog_macs_per_image": analog,
+        "ann_macs_per_image": macs,
+        "snn_energy_j_per_image": e_snn,
+        "ann_energy_j_per_image": e_ann,
+        "energy_ratio": e_ann / e_snn if e_snn else float("inf"),
+        "energy_model": f"AC {energy.e_ac * 1e12:g} pJ, MAC {energy.e_mac * 1e12:g} pJ (Horowitz 2014, 45 nm)",
+        "per_layer": rows,
+        "timesteps": timesteps,
+        "images": int(images.shape[0]),
+    }

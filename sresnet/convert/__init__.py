@@ -1,0 +1,5 @@
+"""ANN -> SNN conversion pipeline: validate, trace, fold, observe, normalize, compensate, build."""
+
+from .pipeline import convert
+
+__all__ = ["convert"]

@@ -1,0 +1,120 @@
+"""Activation statistics per ReLU call site (and for the logits): the scales λ.
+
+λ is the p-th percentile of the *positive* activations of a site over the calibration
+images (or their maximum). All values are kept while a site's activations (positive or
+not) fit in ``max_values``, and the percentile is then exact; beyond that each batch keeps
+a uniform random sample (drawn with replacement, fixed seed) of ``max_values / n_batches``
+of its values and the percentile is taken over the positives of the sample. For a
+uniform sample of n positives the empirical p-quantile has a rank error of standard
+deviation sqrt(q(1-q)/n), q = p/100: with n = 2**19 (half of 2**20 values positive) and
+p = 99.9 that is 4.4e-5, so λ lies between the true 99.887th and 99.913th percentiles
+with probability ~0.997. "max" is always exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx as fx
+
+
+class SiteStats:
+    """Streaming percentile of the positive values of one site (scalar or per channel dim 1)."""
+
+    def __init__(self, percentile, per_channel: bool, max_values: int, n_batches: int, seed: int):
+        self.percentile = percentile
+        self.per_channel = per_channel
+        self.per_batch = max(1, max_values // max(1, n_batches))
+        self.gen = torch.Generator().manual_seed(seed)
+        self.samples: list[torch.Tensor] = []
+        self.maximum: torch.Tensor | None = None
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        if self.per_channel:
+            flat = x.movedim(1, 0).reshape(x.shape[1], -1)  # [C, N]
+            m = flat.amax(dim=1)
+        else:
+            flat = x.reshape(-1)
+            m = flat.max()
+        self.maximum = m if self.maximum is None else torch.maximum(self.maximum, m)
+        if self.percentile == "max":
+            return
+        if self.per_channel:
+            cols = self.per_batch // flat.shape[0] + 1
+            if flat.shape[1] > cols:
+                flat = flat[:, torch.randint(flat.shape[1], (cols,), generator=self.gen)]
+            self.samples.append(flat.clone())
+        else:
+            # a uniform sample of all values, then its positives: a uniform sample of the positives
+            if flat.numel() > self.per_batch:
+                flat = flat[torch.randint(flat.numel(), (self.per_batch,), generator=self.gen)]
+            self.samples.append(flat[flat > 0].clone())
+
+    def scale(self) -> torch.Tensor:
+        """λ: a 0-dim tensor, or ``[C]`` per channel. Sites that never fire get λ = 1 (per channel:
+        the site's scalar λ), so their (zero) activations stay harmless."""
+        if self.maximum is None:
+            raise ValueError("no calibration data reached this site")
+        if self.percentile == "max":
+            lam = self.maximum.clone()
+            if self.per_channel:
+                glob = lam.max() if lam.max() > 0 else torch.tensor(1.0)
+                return torch.where(lam > 0, lam, glob)
+            return lam if lam > 0 else torch.tensor(1.0)
+        q = float(self.percentile) / 100.0
+        if not self.per_channel:
+            return _quantile(torch.cat(self.samples), q)
+        allv = torch.cat(self.samples, dim=1)
+        glob = _quantile(allv[allv > 0], q)
+        return torch.stack([_quantile(row[row > 0], q, default=glob) for row in allv])
+
+
+def _quantile(values: torch.Tensor, q: float, default: torch.Tensor | None = None) -> torch.Tensor:
+    """Nearest-rank q-quantile of ``values`` (1-D); ``default`` (else 1.0) when empty."""
+    n = values.numel()
+    if n == 0:
+        return default.clone() if default is not None else torch.tensor(1.0)
+    k = min(n, max(1, math.ceil(q * n)))
+    return values.kthvalue(k).values
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, stats: dict[str, SiteStats]):
+        super().__init__(gm)
+        self.stats = stats
+
+    def run_node(self, n: fx.Node):
+        result = super().run_node(n)
+        if n.op == "output":
+            self.stats["output"].update(self.env[n.args[0]])
+        elif n.name in self.stats:
+            self.stats[n.name].update(result)
+        return result
+
+
+def observe(program, images: torch.Tensor, *, percentile, per_channel: bool, batch_size: int,
+            max_values: int = 2 ** 20, seed: int = 0) -> dict[str, torch.Tensor]:
+    """λ for every neuron layer, every observed term (shortcut_norm=False) and the logits.
+
+    Args:
+        program: from :func:`sresnet.convert.trace.analyze`.
+        images: calibration images ``[N, C, H, W]``.
+        percentile: a number in (0, 100] or "max".
+        per_channel: one λ per channel (dim 1) instead of one per site.
+        batch_size: images per ANN forward.
+
+    Returns:
+        ``{site node name: λ, ..., "output": λ}``, λ float32 0-dim or ``[C]``.
+    """
+    keys = [l.name for l in program.layers if l.kind == "neuron"]
+    keys += [t.observe for l in program.layers if l.kind == "neuron" for t in l.terms if t.observe]
+    n_batches = math.ceil(images.shape[0] / batch_size)
+    stats = {k: SiteStats(percentile, per_channel, max_values, n_batches, seed + i) for i, k in enumerate(keys)}
+    # the logits have no channel structure worth a per-channel scale (argmax must not change)
+    stats["output"] = SiteStats(percentile, False, max_values, n_batches, seed + len(keys))
+    rec = _Recorder(program.graph_module, stats)
+    for i in range(0, images.shape[0], batch_size):
+        rec.run(images[i : i + batch_size])
+    return {k: s.scale().float() for k, s in stats.items()}

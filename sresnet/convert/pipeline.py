@@ -1,0 +1,111 @@
+"""The conversion pipeline behind :func:`sresnet.convert`."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..simulate import READOUTS, SpikingNetwork
+from . import compensate as comp
+from .fold import fold_batchnorm
+from .normalize import normalize
+from .observe import observe
+from .trace import analyze, trace
+
+
+def _check_percentile(p):
+    if p == "max":
+        return p
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 < p <= 100) or not math.isfinite(p):
+        raise ValueError(f"percentile must be a number in (0, 100] or 'max', got {p!r}")
+    return float(p)
+
+
+def convert(
+    model: nn.Module,
+    calib_images: torch.Tensor,
+    percentile: float | str = 99.9,
+    *,
+    per_channel: bool = False,
+    compensation: str | None | Mapping[str, float] | Sequence[float] = "auto",
+    readout: str = "membrane",
+    shortcut_norm: bool = True,
+    batch_size: int = 128,
+    calib_timesteps: int = comp.CALIB_TIMESTEPS,
+    calib_subset: int = comp.CALIB_SUBSET,
+    max_values: int = 2 ** 20,
+    seed: int = 0,
+) -> SpikingNetwork:
+    """Convert a trained ReLU network (e.g. a ResNet) into a spiking network (S-ResNet).
+
+    Steps: trace with torch.fx; fold BatchNorm into convs (eval statistics); observe the
+    activations of every ReLU call site and the logits on ``calib_images``; normalize
+    weights with the S-ResNet shortcut rule; compensate; build the spiking layers
+    (IF neurons, θ = 1, v0 = θ/2). The ANN itself is not modified (a copy is folded).
+
+    Args:
+        model: an FX-traceable network of conv, BatchNorm, ReLU, add, pooling, flatten,
+            linear (CIFAR ResNets, torchvision-style ResNets, ...).
+        calib_images: normalized images ``[N, C, H, W]`` for the statistics (e.g. 1000-5000
+            training images).
+        percentile: λ = this percentile of the positive activations of each site (99.9;
+            99.99 or "max" also useful).
+        per_channel: one λ per channel instead of one per site.
+        compensation: "auto" (default: calibrated per-channel bias correction, see
+            :mod:`sresnet.convert.compensate`), "bias", "scale", "scale+bias", None/"off"
+            (v0 = θ/2 only), or user factors c (dict {site name: c} or a list, one per
+            neuron layer in order) multiplying each neuron's input.
+        readout: "membrane" (accumulated logits, default) or "spikes" (spike counts of an
+            output IF layer, ties broken by its membrane).
+        shortcut_norm: S-ResNet shortcut normalization (True) or the naive ablation.
+        batch_size: images per ANN forward during observation.
+        calib_timesteps: T of the calibration simulations (compensation).
+        calib_subset: calibration images used by the compensation simulations.
+        max_values: positive activations kept per site for the percentile (see observe).
+        seed: seed of the activation subsampling.
+
+    Returns:
+        a :class:`sresnet.simulate.SpikingNetwork`; ``snn(images, timesteps=T)`` -> ``[B, classes]``.
+
+    Example:
+        >>> snn = convert(ann, calib_images, percentile=99.9)
+        >>> per_step = snn(images, timesteps=64, per_step=True)   # [64, B, classes]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(calib_images, torch.Tensor) or calib_images.dim() != 4 or calib_images.shape[0] == 0:
+        shape = tuple(calib_images.shape) if isinstance(calib_images, torch.Tensor) else type(calib_images).__name__
+        raise ValueError(f"calib_images must be a non-empty tensor [N, C, H, W], got {shape}")
+    if not bool(torch.isfinite(calib_images).all()):
+        raise ValueError("calib_images contain NaN/Inf values")
+    percentile = _check_percentile(percentile)
+    if readout not in READOUTS:
+        raise ValueError(f"readout={readout!r}; accepted: {', '.join(map(repr, READOUTS))}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    method = comp.check_compensation(compensation)
+    calib_images = calib_images.detach().float().cpu()
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            ann = copy.deepcopy(model).cpu().float().eval()
+            gm = trace(ann)
+            folded = fold_batchnorm(gm)
+            program = analyze(gm, calib_images[: min(2, calib_images.shape[0])])
+            scales = observe(program, calib_images, percentile=percentile, per_channel=per_channel,
+                             batch_size=batch_size, max_values=max_values, seed=seed)
+            layers, output = normalize(program, scales, shortcut_norm=shortcut_norm)
+            snn = SpikingNetwork(layers, output, scales["output"], program.input_shape, readout=readout,
+                                 info=dict(percentile=percentile, per_channel=per_channel, shortcut_norm=shortcut_norm,
+                                           compensation=compensation if isinstance(compensation, (str, type(None))) else "user",
+                                           folded_batchnorms=folded))
+            snn.scales = {k: v.clone() for k, v in scales.items()}
+            comp.compensate(snn, program, scales, calib_images, method, compensation,
+                            timesteps=calib_timesteps, subset=calib_subset, batch_size=batch_size)
+            return snn
+    finally:
+        model.train(was_training)
