@@ -5,6 +5,10 @@ SPIKEKERNELS_BACKEND or a ``backend=`` argument says otherwise. Importing this p
 neither a GPU nor Triton.
 """
 
+from ._threads import quiet_openmp_spin
+
+quiet_openmp_spin()
+
 from ._dispatch import available_backends
 from .layers import GlobalAvgPool, IFNeuron, ResidualMerge, SpikeAvgPool2d, SpikeMaxPool2d
 from .ops.if_scan import if_scan

@@ -1,5 +1,7 @@
 """sresnet: convert trained ResNets into spiking ResNets (S-ResNet) and simulate them."""
 
+import spikekernels  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch starts OpenMP)
+
 from .convert import convert
 from .data import load_cifar
 from .evaluate import evaluate, evaluate_snn

@@ -168,11 +168,20 @@ class SpikingNetwork(nn.Module):
         widest = max([l.neurons for l in self.layers] + [1]) * max(area, 1e-9)
         return max(1, int(CHUNK_BYTES // (4 * batch * widest)))
 
-    def _term(self, term: RTerm, outs: list, backend) -> torch.Tensor:
+    def _term(self, term: RTerm, outs: list, backend, exact: bool = False) -> torch.Tensor:
         x = outs[term.source]
         for op in term.pre:
             x = _apply(op, x, backend)
-        if term.kind == "conv":
+        if exact and term.kind in ("conv", "linear"):
+            # the readout: computed in float64 and rounded once, so its float32 value does not
+            # depend on how many steps are batched together (a float32 matmul's rounding can
+            # depend on its row count); chunked and unchunked runs then agree bit for bit
+            w, b = term.weight.double(), None if term.bias is None else term.bias.double()
+            T, B = x.shape[:2]
+            x = x.reshape(T * B, *x.shape[2:]).double()
+            x = F.conv2d(x, w, b, term.stride, term.padding) if term.kind == "conv" else F.linear(x, w, b)
+            x = x.float().reshape(T, B, *x.shape[1:])
+        elif term.kind == "conv":
             x = sk.spike_conv2d(x, term.weight, term.bias, term.stride, term.padding, neuron=False, backend=backend)
         elif term.kind == "linear":
             x = sk.spike_linear(x, term.weight, term.bias, neuron=False, backend=backend)
@@ -184,10 +193,10 @@ class SpikingNetwork(nn.Module):
                 x = x * _channel_view(term.scale, x)
         return x
 
-    def _currents(self, terms, outs, backend) -> torch.Tensor:
+    def _currents(self, terms, outs, backend, exact: bool = False) -> torch.Tensor:
         total = None
         for t in terms:
-            c = self._term(t, outs, backend)
+            c = self._term(t, outs, backend, exact)
             total = c if total is None else total + c
         return total
 
@@ -293,7 +302,7 @@ class SpikingNetwork(nn.Module):
             raise ValueError(f"images contain {bad} NaN/Inf values; the spiking network needs finite inputs")
 
     def forward(self, images: torch.Tensor, timesteps: int, per_step: bool = False, *, chunk: int | None = None,
-                backend: str | None = None, return_stats: bool = False):
+                backend: str | None = None, return_stats: bool = False, record_maps: bool = False):
         """Simulate ``timesteps`` steps and read out the class scores.
 
         Args:
@@ -310,6 +319,8 @@ class SpikingNetwork(nn.Module):
             scores ``[B, classes]`` or ``[T, B, classes]``: "membrane" readout: the mean output
             current times λ_out (estimates the ANN logits); "spikes" readout: (spike count +
             squash(membrane)) (squash maps into (0, 1) monotonically) / t · λ_out, so counts decide and the membrane breaks ties.
+            With ``record_maps`` the stats also hold ``"maps"``: {layer index: spike counts of
+            that layer's output per neuron, summed over steps and images} (for synaptic-op counts).
             With ``return_stats``: ``(scores, stats)``, stats = ``{"spikes": {layer: count},
             "neurons": {layer: neurons per image}, "timesteps": T, "batch": B}``; firing rate
             = spikes / (neurons · T · B).
@@ -320,9 +331,9 @@ class SpikingNetwork(nn.Module):
         if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
             raise ValueError(f"chunk must be a positive int or None, got {chunk!r}")
         with torch.no_grad():
-            return self._run(images.float(), timesteps, per_step, chunk, backend, return_stats)
+            return self._run(images.float(), timesteps, per_step, chunk, backend, return_stats, record_maps)
 
-    def _run(self, images, T, per_step, chunk, backend, return_stats):
+    def _run(self, images, T, per_step, chunk, backend, return_stats, record_maps=False):
         B = images.shape[0]
         chunk = min(T, chunk or self.default_chunk(B, tuple(images.shape[2:])))
         n = len(self.layers)
@@ -333,18 +344,18 @@ class SpikingNetwork(nn.Module):
         lam = self.output_scale
         acc = v_out = cnt_out = None
         scores = None
+        maps = {i: torch.zeros(l.shape, dtype=torch.float64) for i, l in enumerate(self.layers)} if record_maps else None
         for t0 in range(0, T, chunk):
             steps = min(chunk, T - t0)
             outs: list = [None] * n
             for i in range(n):
                 outs[i], states[i] = self.step_layer(i, outs, steps, states[i], stems.get(i), backend)
                 counts[i] += torch.count_nonzero(outs[i])
+                if maps is not None:
+                    maps[i] += outs[i].sum((0, 1), dtype=torch.float64).cpu()
                 for j in self._free[i]:
                     outs[j] = None
-            # the readout layer runs one step at a time: a matmul's rounding can depend on its
-            # row count, and this keeps the scores independent of the chunking (it is tiny)
-            cur = torch.cat([self._currents(self.output, [o[k : k + 1] if o is not None else None for o in outs], backend)
-                             for k in range(steps)])
+            cur = self._currents(self.output, outs, backend, exact=True)
             del outs
             # a sequential running sum ([B, classes] per step, cheap): the additions happen in the
             # same order for any chunking, so chunked and unchunked runs agree bit for bit
@@ -381,6 +392,8 @@ class SpikingNetwork(nn.Module):
             "timesteps": T,
             "batch": B,
         }
+        if maps is not None:
+            self.last_stats["maps"] = maps
         return (scores, self.last_stats) if return_stats else scores
 
 

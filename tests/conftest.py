@@ -1,5 +1,6 @@
 import os
 
+import spikekernels  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch starts OpenMP)
 import torch
 
 # Triton kernels run on CPU tensors through Triton's interpreter when no GPU is present.
