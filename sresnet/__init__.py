@@ -5,6 +5,8 @@ import spikekernels  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch sta
 from .convert import convert
 from .data import load_cifar
 from .evaluate import evaluate, evaluate_snn
+from .io import load, save
+from .metrics import network_cost
 from .models import cifar_resnet, imagenet_resnet, load_checkpoint
 from .simulate import SpikingNetwork, firing_rate
 
@@ -18,6 +20,9 @@ __all__ = [
     "evaluate_snn",
     "firing_rate",
     "imagenet_resnet",
+    "load",
     "load_checkpoint",
+    "network_cost",
+    "save",
     "load_cifar",
 ]

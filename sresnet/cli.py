@@ -105,7 +105,121 @@ def _run_eval(args) -> int:
     return 0
 
 
-COMMANDS = {"eval": (_add_eval, _run_eval)}
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="train, convert and simulate a small ResNet on built-in data (no download)",
+        description="Train a small ResNet on scikit-learn's 8x8 digits (about a minute on 2 CPU cores), convert it "
+        "to a spiking network, simulate it at several T and write report.json, accuracy_vs_T.png and "
+        "firing_rates.png.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
+    p.add_argument("--quick", action="store_true", help="reduced run (narrow net, 2 epochs, T up to 16), for tests")
+    p.add_argument("--timesteps", type=_timesteps, default=None,
+                   help="comma-separated T values (default 8,16,32,64,128; 4,8,16 with --quick)")
+    p.add_argument("--backend", default="auto", choices=["auto", "reference", "numba", "triton"], help="spikekernels backend")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data split, initialization and training")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _common(p)
+
+
+def _run_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, quick=args.quick, timesteps=args.timesteps, backend=args.backend, seed=args.seed,
+             progress=not args.no_progress)
+    return 0
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a checkpoint once and save the spiking network",
+        description="Load a CIFAR ResNet checkpoint, convert it with calibration images from data_batch_1 and save "
+        "the spiking network (tensors only; load it with sresnet.load(), or `eval --snn`).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--arch", required=True, help="architecture: resnet20/32/44/56/110")
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file (pytorch_resnet_cifar10 format or a state dict)")
+    p.add_argument("--data-dir", required=True, type=Path, help="folder with the CIFAR python batches (data_batch_1 is used)")
+    p.add_argument("--out", required=True, type=Path, help="file to write the converted network to")
+    p.add_argument("--calib-size", type=_positive, default=1000, help="calibration images from data_batch_1")
+    p.add_argument("--percentile", type=_percentile, default=99.9, help="activation percentile for the scales λ, or 'max'")
+    p.add_argument("--shortcut", default="A", choices=["A", "B"], help="CIFAR ResNet shortcut type of the checkpoint")
+    p.add_argument("--compensation", default="auto", choices=["auto", "bias", "scale", "scale+bias", "off"],
+                   help="conversion-error compensation")
+    p.add_argument("--readout", default="membrane", choices=["membrane", "spikes"], help="output readout")
+    p.add_argument("--per-channel", action="store_true", help="one scale λ per channel instead of per layer")
+    p.add_argument("--calib-timesteps", type=_positive, default=64, help="T of the compensation's calibration simulations")
+    p.add_argument("--calib-subset", type=_positive, default=32, help="calibration images simulated by the compensation")
+    _common(p)
+
+
+def _run_convert(args) -> int:
+    from .convert import convert
+    from .data import load_cifar
+    from .io import save
+    from .models import load_checkpoint
+
+    ann = load_checkpoint(args.arch, args.checkpoint, shortcut=args.shortcut)
+    calib, _ = load_cifar(args.data_dir, "calib", limit=args.calib_size)
+    snn = convert(ann, calib, args.percentile, per_channel=args.per_channel,
+                  compensation=None if args.compensation == "off" else args.compensation, readout=args.readout,
+                  calib_timesteps=args.calib_timesteps, calib_subset=args.calib_subset)
+    snn.info["arch"] = args.arch
+    path = save(snn, args.out)
+    print(f"wrote {path} ({len(snn.layers)} spiking layers, readout {snn.readout})")
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser(
+        "info",
+        help="versions, available backends, whether Triton and CUDA are usable",
+        description="Print library and dependency versions, the spikekernels backends usable on CPU and CUDA "
+        "tensors in this process (with the reason when one is not), and the environment variables in effect.",
+    )
+    _common(p)
+
+
+def _run_info(args) -> int:
+    import os
+    import platform
+
+    import torch
+
+    import spikekernels
+    from spikekernels import _config, _dispatch
+
+    from . import __version__
+
+    def version(mod: str) -> str:
+        try:
+            return __import__(mod).__version__
+        except Exception as exc:  # report, do not fail: info is for diagnosing broken installs
+            return f"unavailable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+
+    print(f"sresnet {__version__}, spikekernels {spikekernels.__version__}")
+    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")
+    for mod in ("torch", "numpy", "numba", "triton"):
+        print(f"{mod:12s} {version(mod)}")
+    print(f"CUDA         {'available: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}")
+    for dev in ("cpu", "cuda"):
+        for b in ("reference", "numba", "triton"):
+            reason = _dispatch.unavailable_reason(b, torch.device(dev))
+            print(f"  {dev:4s} {b:9s} {'ok' if reason is None else 'no: ' + reason}")
+    print(f"SPIKEKERNELS_BACKEND={_config.backend()}  TRITON_INTERPRET={int(_config.triton_interpret())}  "
+          f"SPIKEKERNELS_CONV_DENSE_DENSITY={_config.conv_dense_density()}")
+    return 0
+
+
+COMMANDS = {
+    "demo": (_add_demo, _run_demo),
+    "eval": (_add_eval, _run_eval),
+    "convert": (_add_convert, _run_convert),
+    "info": (_add_info, _run_info),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

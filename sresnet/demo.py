@@ -7,7 +7,7 @@ scikit-learn) and is seeded, so two runs print the same table.
 from __future__ import annotations
 
 import json
-import pathlib
+from pathlib import Path
 import time
 from typing import Sequence
 
