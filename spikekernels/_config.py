@@ -3,7 +3,6 @@
 | variable | values | default | effect |
 |---|---|---|---|
 | SPIKEKERNELS_BACKEND | auto, reference, numba, triton | auto | which kernels the ops run; auto sends CUDA tensors to Triton and CPU tensors to Numba |
-| SPIKEKERNELS_NUMBA_FASTMATH | 0, 1 | 0 | fastmath for Numba kernels that do no neuron update (the IF update never uses it) |
 | SPIKEKERNELS_CONV_DENSE_DENSITY | float in [0, 1] | 0.4 | input spike density above which the Numba spiking conv/linear switches from the event-driven kernel to the dense path (crossover measured on ResNet-20 layer shapes, see bench/RESULTS.md) |
 | TRITON_INTERPRET | 0, 1 | 0 | Triton's own switch; with 1, Triton kernels run on CPU tensors (tests) |
 
@@ -53,10 +52,6 @@ def _parse_fraction(name: str, raw: str) -> float:
 def backend() -> str:
     """The requested backend: ``auto`` (default), ``reference``, ``numba`` or ``triton``."""
     return _parse_backend(os.environ.get("SPIKEKERNELS_BACKEND", "auto"))
-
-
-def numba_fastmath() -> bool:
-    return _parse_flag("SPIKEKERNELS_NUMBA_FASTMATH", os.environ.get("SPIKEKERNELS_NUMBA_FASTMATH", "0"))
 
 
 def conv_dense_density() -> float:

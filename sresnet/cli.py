@@ -65,7 +65,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file (pytorch_resnet_cifar10 format or a state dict)")
     p.add_argument("--data-dir", required=True, type=Path, help="folder with the CIFAR python batches (test_batch, data_batch_1)")
     p.add_argument("--timesteps", type=_timesteps, default=[32, 64, 128], help="comma-separated T values, e.g. 32,64,128")
-    p.add_argument("--limit", type=_positive, default=None, help="evaluate on the first N test images (default: all)")
+    p.add_argument("--limit", type=_positive, default=None, help="evaluate on the first N test images (None: all 10,000)")
     p.add_argument("--batch-size", type=_positive, default=32, help="images per simulation batch")
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "numba", "triton"], help="spikekernels backend")
     p.add_argument("--calib-size", type=_positive, default=1000, help="calibration images from data_batch_1")
