@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from . import _checks, _config
 from .ops.if_scan import if_scan
 from .ops.pool import global_avg_pool, spike_avg_pool2d, spike_max_pool2d
 from .ops.residual_merge import residual_merge
@@ -33,6 +34,12 @@ def _vector_buffer(value, name: str, positive: bool) -> torch.Tensor:
     if not bool(torch.isfinite(t).all()) or (positive and bool((t <= 0).any())):
         raise ValueError(f"{name} must be finite{' and > 0' if positive else ''}, got {t.tolist()}")
     return t
+
+
+def _check_backend(backend: str | None) -> str | None:
+    if backend is not None and backend not in _config.BACKENDS:
+        raise ValueError(f"backend={backend!r} is not a backend; accepted: None, {', '.join(_config.BACKENDS)}")
+    return backend
 
 
 def _check_v0(v0) -> float | None:
@@ -103,10 +110,11 @@ class IFNeuron(_Stateful):
         super().__init__(stateful)
         self.register_buffer("threshold", _vector_buffer(threshold, "threshold", positive=True))
         self.v0 = _check_v0(v0)
+        _checks.check_reset(reset, v_reset)
         self.reset = reset
         self.v_reset = float(v_reset)
-        self.spike_dtype = spike_dtype
-        self.backend = backend
+        self.spike_dtype = _checks.check_spike_dtype(spike_dtype, torch.float32) if spike_dtype is not None else None
+        self.backend = _check_backend(backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v0 = self._carried(x.shape[1:], "membrane") if self.stateful else None
@@ -148,10 +156,11 @@ class ResidualMerge(_Stateful):
         self.register_buffer("scale", _vector_buffer(scale, "scale", positive=False))
         self.register_buffer("threshold", _vector_buffer(threshold, "threshold", positive=True))
         self.v0 = _check_v0(v0)
+        _checks.check_reset(reset, v_reset)
         self.reset = reset
         self.v_reset = float(v_reset)
-        self.spike_dtype = spike_dtype
-        self.backend = backend
+        self.spike_dtype = _checks.check_spike_dtype(spike_dtype, torch.float32) if spike_dtype is not None else None
+        self.backend = _check_backend(backend)
 
     def forward(self, current: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         v0 = self._carried(current.shape[1:], "membrane") if self.stateful else None
@@ -192,7 +201,7 @@ class GlobalAvgPool(nn.Module):
 
     def __init__(self, backend: str | None = None) -> None:
         super().__init__()
-        self.backend = backend
+        self.backend = _check_backend(backend)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         return global_avg_pool(s, backend=self.backend)

@@ -95,7 +95,13 @@ def convert(
             ann = copy.deepcopy(model).cpu().float().eval()
             gm = trace(ann)
             folded = fold_batchnorm(gm)
-            program = analyze(gm, calib_images[: min(2, calib_images.shape[0])])
+            try:
+                program = analyze(gm, calib_images[: min(2, calib_images.shape[0])])
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValueError(
+                    f"the model cannot run on calib_images of shape {tuple(calib_images.shape)}: {first}"
+                ) from exc
             scales = observe(program, calib_images, percentile=percentile, per_channel=per_channel,
                              batch_size=batch_size, max_values=max_values, seed=seed)
             layers, output = normalize(program, scales, shortcut_norm=shortcut_norm)

@@ -113,3 +113,18 @@ def test_bad_layer_arguments():
         sk.IFNeuron(v0=float("inf"))
     with pytest.raises(ValueError, match="per-channel threshold has 2 values"):
         sk.IFNeuron(torch.ones(2))(_x((3, 2, 4, 5)))
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: sk.IFNeuron(reset="hard"), "reset"),
+        (lambda: sk.ResidualMerge(reset="soft"), "reset"),
+        (lambda: sk.IFNeuron(backend="cuda"), "backend"),
+        (lambda: sk.IFNeuron(spike_dtype=torch.int32), "spike_dtype"),
+    ],
+    ids=["if-reset", "merge-reset", "backend", "spike-dtype"],
+)
+def test_layer_constructor_rejects_bad_arguments(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
