@@ -53,21 +53,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors (default: one line)")
 
 
-def _add_eval(sub) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="ANN vs SNN accuracy on CIFAR at several T",
-        description="Convert a checkpoint to a spiking network and report ANN and SNN accuracy at every "
-        "requested T from one simulation to the largest T.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", required=True, help="architecture: resnet20/32/44/56/110 (CIFAR) or resnet18/34/50/101")
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file (pytorch_resnet_cifar10 format or a state dict)")
     p.add_argument("--data-dir", required=True, type=Path, help="folder with the CIFAR python batches (test_batch, data_batch_1)")
-    p.add_argument("--timesteps", type=_timesteps, default=[32, 64, 128], help="comma-separated T values, e.g. 32,64,128")
-    p.add_argument("--limit", type=_positive, default=None, help="evaluate on the first N test images (None: all 10,000)")
-    p.add_argument("--batch-size", type=_positive, default=32, help="images per simulation batch")
-    p.add_argument("--backend", default="auto", choices=["auto", "reference", "numba", "triton"], help="spikekernels backend")
+
+
+def _conversion_options(p: argparse.ArgumentParser) -> None:
+    """The options of sresnet.convert, shared by eval and convert."""
     p.add_argument("--calib-size", type=_positive, default=1000, help="calibration images from data_batch_1")
     p.add_argument("--percentile", type=_percentile, default=99.9, help="activation percentile for the scales λ, or 'max'")
     p.add_argument("--shortcut", default="A", choices=["A", "B"], help="CIFAR ResNet shortcut type of the checkpoint")
@@ -78,6 +71,29 @@ def _add_eval(sub) -> None:
     p.add_argument("--readout", default="membrane", choices=["membrane", "spikes"], help="output readout")
     p.add_argument("--per-channel", action="store_true", help="one scale λ per channel instead of per layer")
     p.add_argument("--no-shortcut-norm", action="store_true", help="ablation: naive per-layer normalization of residual sums")
+
+
+def _conversion_kwargs(args) -> dict:
+    return dict(percentile=args.percentile, per_channel=args.per_channel,
+                compensation=None if args.compensation == "off" else args.compensation, readout=args.readout,
+                shortcut_norm=not args.no_shortcut_norm, calib_timesteps=args.calib_timesteps,
+                calib_subset=args.calib_subset)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="ANN vs SNN accuracy on CIFAR at several T",
+        description="Convert a checkpoint to a spiking network and report ANN and SNN accuracy at every "
+        "requested T from one simulation to the largest T.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _model_options(p)
+    p.add_argument("--timesteps", type=_timesteps, default=[32, 64, 128], help="comma-separated T values, e.g. 32,64,128")
+    p.add_argument("--limit", type=_positive, default=None, help="evaluate on the first N test images (None: all 10,000)")
+    p.add_argument("--batch-size", type=_positive, default=32, help="images per simulation batch")
+    p.add_argument("--backend", default="auto", choices=["auto", "reference", "numba", "triton"], help="spikekernels backend")
+    _conversion_options(p)
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON to this file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _common(p)
@@ -88,10 +104,8 @@ def _run_eval(args) -> int:
 
     res = evaluate(
         args.arch, args.checkpoint, args.data_dir, args.timesteps, limit=args.limit, batch_size=args.batch_size,
-        backend=args.backend, calib_size=args.calib_size, percentile=args.percentile, shortcut=args.shortcut,
-        compensation=None if args.compensation == "off" else args.compensation, readout=args.readout,
-        per_channel=args.per_channel, shortcut_norm=not args.no_shortcut_norm, progress=not args.no_progress,
-        calib_timesteps=args.calib_timesteps, calib_subset=args.calib_subset,
+        backend=args.backend, calib_size=args.calib_size, shortcut=args.shortcut, progress=not args.no_progress,
+        **_conversion_kwargs(args),
     )
     print(f"{res['arch']}: {res['num_images']} images, ANN accuracy {100 * res['ann_accuracy']:.2f}%")
     for t in res["timesteps"]:
@@ -137,22 +151,12 @@ def _add_convert(sub) -> None:
         "convert",
         help="convert a checkpoint once and save the spiking network",
         description="Load a CIFAR ResNet checkpoint, convert it with calibration images from data_batch_1 and save "
-        "the spiking network (tensors only; load it with sresnet.load(), or `eval --snn`).",
+        "the spiking network (tensors only, safe to load; load it with sresnet.load(path)).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--arch", required=True, help="architecture: resnet20/32/44/56/110")
-    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file (pytorch_resnet_cifar10 format or a state dict)")
-    p.add_argument("--data-dir", required=True, type=Path, help="folder with the CIFAR python batches (data_batch_1 is used)")
+    _model_options(p)
     p.add_argument("--out", required=True, type=Path, help="file to write the converted network to")
-    p.add_argument("--calib-size", type=_positive, default=1000, help="calibration images from data_batch_1")
-    p.add_argument("--percentile", type=_percentile, default=99.9, help="activation percentile for the scales λ, or 'max'")
-    p.add_argument("--shortcut", default="A", choices=["A", "B"], help="CIFAR ResNet shortcut type of the checkpoint")
-    p.add_argument("--compensation", default="auto", choices=["auto", "bias", "scale", "scale+bias", "off"],
-                   help="conversion-error compensation")
-    p.add_argument("--readout", default="membrane", choices=["membrane", "spikes"], help="output readout")
-    p.add_argument("--per-channel", action="store_true", help="one scale λ per channel instead of per layer")
-    p.add_argument("--calib-timesteps", type=_positive, default=64, help="T of the compensation's calibration simulations")
-    p.add_argument("--calib-subset", type=_positive, default=32, help="calibration images simulated by the compensation")
+    _conversion_options(p)
     _common(p)
 
 
@@ -164,9 +168,7 @@ def _run_convert(args) -> int:
 
     ann = load_checkpoint(args.arch, args.checkpoint, shortcut=args.shortcut)
     calib, _ = load_cifar(args.data_dir, "calib", limit=args.calib_size)
-    snn = convert(ann, calib, args.percentile, per_channel=args.per_channel,
-                  compensation=None if args.compensation == "off" else args.compensation, readout=args.readout,
-                  calib_timesteps=args.calib_timesteps, calib_subset=args.calib_subset)
+    snn = convert(ann, calib, **_conversion_kwargs(args))
     snn.info["arch"] = args.arch
     path = save(snn, args.out)
     print(f"wrote {path} ({len(snn.layers)} spiking layers, readout {snn.readout})")
