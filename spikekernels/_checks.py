@@ -48,30 +48,44 @@ def check_spike_dtype(spike_dtype, default: torch.dtype) -> torch.dtype:
     return spike_dtype
 
 
+def channel_vector(value, name: str, channels: int | None, device: torch.device, *, positive: bool,
+                   shape: Sequence[int] | None = None) -> torch.Tensor:
+    """A float32 vector on ``device``: ``[1]`` from a number, ``[channels]`` per channel.
+
+    ``positive`` values (thresholds) must be finite and > 0; others (scales) finite.
+    ``shape`` (the input's) only makes error messages clearer.
+    """
+    kind = "positive number" if positive else "number"
+    if isinstance(value, torch.Tensor):
+        vec = value.detach()
+        if vec.dim() > 1:
+            raise ValueError(f"{name} must be a {kind} or a 1-D tensor [C], got shape {tuple(vec.shape)}")
+        vec = vec.reshape(-1)
+        if vec.numel() != 1 and vec.numel() != channels:
+            where = f"the input {tuple(shape)}" if shape is not None else "the layer"
+            raise ValueError(
+                f"per-channel {name} has {vec.numel()} values but {where} has "
+                f"{channels if channels is not None else 'no'} channels at dim 2; "
+                f"accepted: a {kind} or one value per channel"
+            )
+        vec = vec.to(device=device, dtype=torch.float32)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not positive and not math.isfinite(value):
+            raise ValueError(f"{name}={value!r} must be finite")
+        vec = torch.tensor([float(value)], dtype=torch.float32, device=device)
+    else:
+        raise TypeError(f"{name} must be a {kind} or a 1-D tensor [C], got {type(value).__name__}")
+    bad = ~torch.isfinite(vec) | (vec <= 0) if positive else ~torch.isfinite(vec)
+    if bool(bad.any()):
+        rule = "finite and > 0" if positive else "finite"
+        raise ValueError(f"{name} must be {rule}, got {vec[bad][:4].tolist()}")
+    return vec.contiguous()
+
+
 def prepare_threshold(threshold, x: torch.Tensor, name: str = "threshold") -> torch.Tensor:
     """A float32 vector [C] on x's device: C=1 for a scalar, C=x.shape[2] per channel."""
-    if isinstance(threshold, torch.Tensor):
-        thr = threshold.detach()
-        if thr.dim() > 1:
-            raise ValueError(f"{name} must be a scalar or a 1-D tensor [C], got shape {tuple(thr.shape)}")
-        thr = thr.reshape(-1)
-        if thr.numel() != 1:
-            channels = x.shape[2] if x.dim() >= 3 else None
-            if channels is None or thr.numel() != channels:
-                raise ValueError(
-                    f"per-channel {name} has {thr.numel()} values but the input {tuple(x.shape)} has "
-                    f"{channels if channels is not None else 'no'} channels at dim 2; "
-                    "accepted: a scalar or one value per channel"
-                )
-        thr = thr.to(device=x.device, dtype=torch.float32)
-    elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
-        thr = torch.tensor([float(threshold)], dtype=torch.float32, device=x.device)
-    else:
-        raise TypeError(f"{name} must be a positive number or a 1-D tensor, got {type(threshold).__name__}")
-    if not bool(torch.isfinite(thr).all()) or bool((thr <= 0).any()):
-        bad = thr[~torch.isfinite(thr) | (thr <= 0)][:4].tolist()
-        raise ValueError(f"{name} must be finite and > 0, got {bad}")
-    return thr.contiguous()
+    channels = x.shape[2] if x.dim() >= 3 else None
+    return channel_vector(threshold, name, channels, x.device, positive=True, shape=x.shape)
 
 
 def inner_size(shape: Sequence[int]) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ... import _checks, _dispatch
@@ -13,32 +11,6 @@ IMPLS = {
     "numba": "spikekernels.ops.residual_merge.numba.residual_merge",
     "triton": "spikekernels.ops.residual_merge.triton.residual_merge",
 }
-
-
-def prepare_scale(scale, x: torch.Tensor) -> torch.Tensor:
-    """A float32 vector [Cs] on x's device: Cs=1 for a number, Cs=x.shape[2] per channel."""
-    if isinstance(scale, torch.Tensor):
-        sc = scale.detach()
-        if sc.dim() > 1:
-            raise ValueError(f"scale must be a number or a 1-D tensor [C], got shape {tuple(sc.shape)}")
-        sc = sc.reshape(-1)
-        channels = x.shape[2] if x.dim() >= 3 else None
-        if sc.numel() != 1 and sc.numel() != channels:
-            raise ValueError(
-                f"per-channel scale has {sc.numel()} values but the current {tuple(x.shape)} has "
-                f"{channels if channels is not None else 'no'} channels at dim 2; "
-                "accepted: a number or one value per channel"
-            )
-        sc = sc.to(device=x.device, dtype=torch.float32)
-    elif isinstance(scale, (int, float)) and not isinstance(scale, bool):
-        if not math.isfinite(scale):
-            raise ValueError(f"scale={scale!r} must be finite")
-        sc = torch.tensor([float(scale)], dtype=torch.float32, device=x.device)
-    else:
-        raise TypeError(f"scale must be a number or a 1-D tensor [C], got {type(scale).__name__}")
-    if not bool(torch.isfinite(sc).all()):
-        raise ValueError(f"scale must be finite, got {sc[~torch.isfinite(sc)][:4].tolist()}")
-    return sc.contiguous()
 
 
 def residual_merge(
@@ -95,7 +67,8 @@ def residual_merge(
     _checks.same_device("shortcut", shortcut, "current", current)
     reset_zero = _checks.check_reset(reset, v_reset)
     thr = _checks.prepare_threshold(threshold, current)
-    sc = prepare_scale(scale, current)
+    sc = _checks.channel_vector(scale, "scale", current.shape[2] if current.dim() >= 3 else None, current.device,
+                                positive=False, shape=current.shape)
     spike_dtype = _checks.check_spike_dtype(spike_dtype, current.dtype)
     T = current.shape[0]
     v = _checks.initial_membrane(v0, thr, current.shape[1:], current.device)

@@ -28,28 +28,6 @@ def _pair(value, name: str, minimum: int) -> tuple[int, int]:
     return items
 
 
-def _channel_vector(value, name: str, channels: int, device: torch.device, *, positive: bool) -> torch.Tensor:
-    """A float32 ``[1]`` or ``[channels]`` vector from a number or a 1-D tensor."""
-    probe = torch.empty(1, device=device).expand(1, 1, channels)
-    if positive:
-        return _checks.prepare_threshold(value, probe, name)
-    if isinstance(value, torch.Tensor):
-        vec = value.detach()
-        if vec.dim() > 1 or vec.numel() not in (1, channels):
-            raise ValueError(
-                f"{name} has shape {tuple(vec.shape)}; accepted: a number or a 1-D tensor of "
-                f"{channels} values (one per output channel)"
-            )
-        vec = vec.reshape(-1).to(device=device, dtype=torch.float32)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        vec = torch.tensor([float(value)], dtype=torch.float32, device=device)
-    else:
-        raise TypeError(f"{name} must be a number or a 1-D tensor, got {type(value).__name__}")
-    if not bool(torch.isfinite(vec).all()):
-        raise ValueError(f"{name} must be finite, got {vec[~torch.isfinite(vec)][:4].tolist()}")
-    return vec.contiguous()
-
-
 def _time_steps(s: torch.Tensor, timesteps) -> tuple[int, bool]:
     """(T, constant): constant when s is one frame broadcast over T steps."""
     if timesteps is None:
@@ -97,8 +75,8 @@ def _spiking(s, weight4, bias, stride, padding, out_hw, threshold, v0, reset, re
     if return_state and not neuron:
         raise ValueError("return_state=True needs neuron=True (without the neuron there is no membrane)")
     reset_zero = _checks.check_reset(reset, v_reset)
-    thr = _channel_vector(threshold, "threshold", Cout, device, positive=True)
-    res_scale = _channel_vector(residual_scale, "residual_scale", Cout, device, positive=False)
+    thr = _checks.channel_vector(threshold, "threshold", Cout, device, positive=True)
+    res_scale = _checks.channel_vector(residual_scale, "residual_scale", Cout, device, positive=False)
     spike_dtype = _checks.check_spike_dtype(spike_dtype, s.dtype)
     out_shape = (T, B, Cout) + tuple(out_hw)
     res = _residual(residual, out_shape, device)
