@@ -67,6 +67,16 @@ class _Stateful(nn.Module):
         """Forget the carried state; the next call starts fresh."""
         self.state = None
 
+    def _neuron_options(self, threshold, v0, reset, v_reset, spike_dtype, backend) -> None:
+        """Validate and store the IF neuron's settings (shared by the neuron layers)."""
+        self.register_buffer("threshold", _vector_buffer(threshold, "threshold", positive=True))
+        self.v0 = _check_v0(v0)
+        _checks.check_reset(reset, v_reset)
+        self.reset = reset
+        self.v_reset = float(v_reset)
+        self.spike_dtype = _checks.check_spike_dtype(spike_dtype, torch.float32) if spike_dtype is not None else None
+        self.backend = _check_backend(backend)
+
     def _carried(self, shape, what: str) -> torch.Tensor | None:
         if not self.stateful or self.state is None:
             return None
@@ -108,13 +118,7 @@ class IFNeuron(_Stateful):
         backend: str | None = None,
     ) -> None:
         super().__init__(stateful)
-        self.register_buffer("threshold", _vector_buffer(threshold, "threshold", positive=True))
-        self.v0 = _check_v0(v0)
-        _checks.check_reset(reset, v_reset)
-        self.reset = reset
-        self.v_reset = float(v_reset)
-        self.spike_dtype = _checks.check_spike_dtype(spike_dtype, torch.float32) if spike_dtype is not None else None
-        self.backend = _check_backend(backend)
+        self._neuron_options(threshold, v0, reset, v_reset, spike_dtype, backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v0 = self._carried(x.shape[1:], "membrane") if self.stateful else None
@@ -154,13 +158,7 @@ class ResidualMerge(_Stateful):
     ) -> None:
         super().__init__(stateful)
         self.register_buffer("scale", _vector_buffer(scale, "scale", positive=False))
-        self.register_buffer("threshold", _vector_buffer(threshold, "threshold", positive=True))
-        self.v0 = _check_v0(v0)
-        _checks.check_reset(reset, v_reset)
-        self.reset = reset
-        self.v_reset = float(v_reset)
-        self.spike_dtype = _checks.check_spike_dtype(spike_dtype, torch.float32) if spike_dtype is not None else None
-        self.backend = _check_backend(backend)
+        self._neuron_options(threshold, v0, reset, v_reset, spike_dtype, backend)
 
     def forward(self, current: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         v0 = self._carried(current.shape[1:], "membrane") if self.stateful else None
