@@ -6,7 +6,9 @@ spike tensor (no im2col buffer), multiplies them with the [BK, BN] weight tile
 (K = Cin * kh * kw) into a float32 accumulator, then adds bias and residual and runs the IF
 update with the membrane held in registers. Only spikes (one byte each with uint8/bool
 outputs) leave the kernel. Spikes are exact in any float format, so the product is exact up
-to the weight's own format (tf32 for float32 weights on GPU, bf16 for bf16 weights).
+to the weight's own format: float32 weights use IEEE float32 products (input_precision
+"ieee", not tf32, so the currents match the reference to float32 rounding as the shared
+semantics require); bf16 weights take the tensor-core bf16 path with float32 accumulation.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def _spike_conv_kernel(
     s_ptr, w_ptr, b_ptr, thr_ptr, v_ptr, out_ptr, res_ptr, rs_ptr,
     T, M, Cout, K, Cin, H, W, Ho, Wo, KH, KW, SH, SW, PH, PW,
     n_thr, n_rs, stride_rt, v_reset,
-    NEURON: tl.constexpr, HAS_RES: tl.constexpr, RESET_ZERO: tl.constexpr,
+    NEURON: tl.constexpr, HAS_RES: tl.constexpr, RESET_ZERO: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     i_m = tl.program_id(0).to(tl.int64)
@@ -77,7 +79,7 @@ def _spike_conv_kernel(
             # [BM, BK] input patches, [BK, BN] weights (laid out [K, Cout])
             b_a = tl.load(p_a, mask=m_a, other=0).to(w_ptr.dtype.element_ty)
             b_w = tl.load(w_ptr + o_k[:, None] * Cout + o_n[None, :], mask=m_k[:, None] & m_n[None, :], other=0.0)
-            b_acc += tl.dot(b_a, b_w)
+            b_acc += tl.dot(b_a, b_w, input_precision=DOT_PRECISION)
         b_x = b_acc + b_bias[None, :]
         if HAS_RES:
             b_r = tl.load(res_ptr + t * stride_rt + o_out, mask=m_out, other=0).to(tl.float32)
@@ -118,4 +120,5 @@ def spike_conv2d(s, weight, bias, stride, padding, thr, v, out, reset_zero: bool
         T, M, Cout, K, Cin, H, W, Ho, Wo, kh, kw, stride[0], stride[1], padding[0], padding[1],
         thr.numel(), res_scale.numel(), stride_rt, float(v_reset),
         NEURON=neuron, HAS_RES=has_res, RESET_ZERO=reset_zero,
+        DOT_PRECISION="ieee" if w_kc.dtype == torch.float32 else None,
     )
