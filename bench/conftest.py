@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# first, before torch: sets OMP_WAIT_POLICY=PASSIVE for every provider alike (see spikekernels/_threads.py)
+import spikekernels  # noqa: F401,E402
+
 
 def pytest_terminal_summary(terminalreporter):
     import sys
