@@ -70,6 +70,14 @@ def _load(path: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
+def check_backend(backend: str | None) -> str | None:
+    """``backend`` if it names a backend (None: SPIKEKERNELS_BACKEND decides), else ValueError."""
+    if backend is not None and backend not in _config.BACKENDS:
+        raise ValueError(f"backend={backend!r} is not a backend; accepted: {', '.join(_config.BACKENDS)} "
+                         "(or None for SPIKEKERNELS_BACKEND)")
+    return backend
+
+
 def choose(op: str, device: torch.device, backend: str | None = None) -> str:
     """The backend name that ``op`` will use on ``device``.
 
@@ -77,9 +85,7 @@ def choose(op: str, device: torch.device, backend: str | None = None) -> str:
     run raises RuntimeError with the reason; ``auto`` falls back to the reference with one
     warning per (op, reason).
     """
-    requested = _config.backend() if backend is None else backend
-    if requested not in _config.BACKENDS:
-        raise ValueError(f"backend={requested!r} is not a backend; accepted: {', '.join(_config.BACKENDS)}")
+    requested = _config.backend() if backend is None else check_backend(backend)
     if requested != "auto":
         reason = unavailable_reason(requested, device)
         if reason is not None:

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from . import _checks, _config
+from . import _checks, _dispatch
 from .ops.if_scan import if_scan
 from .ops.pool import global_avg_pool, spike_avg_pool2d, spike_max_pool2d
 from .ops.residual_merge import residual_merge
@@ -34,12 +34,6 @@ def _vector_buffer(value, name: str, positive: bool) -> torch.Tensor:
     if not bool(torch.isfinite(t).all()) or (positive and bool((t <= 0).any())):
         raise ValueError(f"{name} must be finite{' and > 0' if positive else ''}, got {t.tolist()}")
     return t
-
-
-def _check_backend(backend: str | None) -> str | None:
-    if backend is not None and backend not in _config.BACKENDS:
-        raise ValueError(f"backend={backend!r} is not a backend; accepted: None, {', '.join(_config.BACKENDS)}")
-    return backend
 
 
 def _check_v0(v0) -> float | None:
@@ -75,7 +69,7 @@ class _Stateful(nn.Module):
         self.reset = reset
         self.v_reset = float(v_reset)
         self.spike_dtype = _checks.check_spike_dtype(spike_dtype, torch.float32) if spike_dtype is not None else None
-        self.backend = _check_backend(backend)
+        self.backend = _dispatch.check_backend(backend)
 
     def _carried(self, shape, what: str) -> torch.Tensor | None:
         if not self.stateful or self.state is None:
@@ -199,7 +193,7 @@ class GlobalAvgPool(nn.Module):
 
     def __init__(self, backend: str | None = None) -> None:
         super().__init__()
-        self.backend = _check_backend(backend)
+        self.backend = _dispatch.check_backend(backend)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         return global_avg_pool(s, backend=self.backend)
