@@ -6,7 +6,7 @@ from .convert import convert
 from .data import load_cifar
 from .evaluate import evaluate, evaluate_snn
 from .io import load, save
-from .metrics import network_cost
+from .metrics import cost_from_maps, network_cost
 from .models import cifar_resnet, imagenet_resnet, load_checkpoint
 from .simulate import SpikingNetwork, firing_rate
 
@@ -16,6 +16,7 @@ __all__ = [
     "SpikingNetwork",
     "cifar_resnet",
     "convert",
+    "cost_from_maps",
     "evaluate",
     "evaluate_snn",
     "firing_rate",

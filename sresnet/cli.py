@@ -14,6 +14,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from .convert.compensate import CALIB_SUBSET, CALIB_TIMESTEPS
+
 USER_ERRORS = (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, TypeError, KeyError)
 
 
@@ -66,8 +68,10 @@ def _conversion_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shortcut", default="A", choices=["A", "B"], help="CIFAR ResNet shortcut type of the checkpoint")
     p.add_argument("--compensation", default="auto", choices=["auto", "bias", "scale", "scale+bias", "off"],
                    help="conversion-error compensation (auto = calibrated per-channel bias correction)")
-    p.add_argument("--calib-timesteps", type=_positive, default=64, help="T of the compensation's calibration simulations")
-    p.add_argument("--calib-subset", type=_positive, default=32, help="calibration images simulated by the compensation")
+    p.add_argument("--calib-timesteps", type=_positive, default=CALIB_TIMESTEPS,
+                   help="T of the compensation's calibration simulations; the correction is tuned to "
+                        "this T, so match it to the T you deploy")
+    p.add_argument("--calib-subset", type=_positive, default=CALIB_SUBSET, help="calibration images simulated by the compensation")
     p.add_argument("--readout", default="membrane", choices=["membrane", "spikes"], help="output readout")
     p.add_argument("--per-channel", action="store_true", help="one scale λ per channel instead of per layer")
     p.add_argument("--no-shortcut-norm", action="store_true", help="ablation: naive per-layer normalization of residual sums")
@@ -94,6 +98,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--batch-size", type=_positive, default=32, help="images per simulation batch")
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "numba", "triton"], help="spikekernels backend")
     _conversion_options(p)
+    p.add_argument("--cost", action="store_true",
+                   help="also count synaptic operations and energy per image over the same run")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON to this file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _common(p)
@@ -105,7 +111,7 @@ def _run_eval(args) -> int:
     res = evaluate(
         args.arch, args.checkpoint, args.data_dir, args.timesteps, limit=args.limit, batch_size=args.batch_size,
         backend=args.backend, calib_size=args.calib_size, shortcut=args.shortcut, progress=not args.no_progress,
-        **_conversion_kwargs(args),
+        cost=args.cost, **_conversion_kwargs(args),
     )
     print(f"{res['arch']}: {res['num_images']} images, ANN accuracy {100 * res['ann_accuracy']:.2f}%")
     for t in res["timesteps"]:
@@ -114,6 +120,10 @@ def _run_eval(args) -> int:
     ips = res["images_per_second"]
     print(f"  firing rate {res['firing_rate']:.4f} spikes/neuron/step; images/s: ANN {ips['ann']:.1f}, "
           f"SNN (T={res['timesteps'][-1]}) {ips['snn']:.2f}")
+    if "cost" in res:
+        c = res["cost"]
+        print(f"  per image at T={c['timesteps']}: {c['sops_per_image']:.3g} synaptic ops (SNN) vs "
+              f"{c['ann_macs_per_image']:.3g} MACs (ANN); energy ANN / SNN {c['energy_ratio']:.2f}")
     if args.json is not None:
         args.json.write_text(json.dumps(res, indent=2))
     return 0

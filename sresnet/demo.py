@@ -159,7 +159,8 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, timesteps
     t0 = time.perf_counter()
     snn = convert(model, x_train[:512], calib_subset=64 if quick else 128)
     convert_s = time.perf_counter() - t0
-    report = evaluate_snn(model, snn, x_test, y_test, ts, batch_size=128, backend=backend, progress=progress)
+    report = evaluate_snn(model, snn, x_test, y_test, ts, batch_size=128, backend=backend, progress=progress,
+                          cost=True)
     report.update({
         "arch": "digits-resnet",
         "timesteps": sorted(ts),
@@ -168,9 +169,6 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, timesteps
         "convert_seconds": convert_s,
         "seed": seed,
     })
-    from .metrics import network_cost
-
-    report["cost"] = network_cost(snn, x_test[:64], max(ts), backend=backend)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     plots.accuracy_vs_timesteps(report, out / "accuracy_vs_T.png")
     plots.firing_rates(report, out / "firing_rates.png")

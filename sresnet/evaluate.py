@@ -10,7 +10,9 @@ import torch
 from tqdm import tqdm
 
 from .convert import convert
+from .convert.compensate import CALIB_SUBSET, CALIB_TIMESTEPS
 from .data import load_cifar
+from .metrics import cost_from_maps
 from .models import load_checkpoint
 from .simulate import SpikingNetwork, firing_rate
 
@@ -24,7 +26,7 @@ def _check_timesteps(timesteps) -> list[int]:
 
 def evaluate_snn(ann: torch.nn.Module, snn: SpikingNetwork, images: torch.Tensor, labels: torch.Tensor,
                  timesteps: Sequence[int], *, batch_size: int = 32, backend: str | None = None,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, cost: bool = False) -> dict:
     """ANN accuracy and SNN accuracy at every T in ``timesteps`` (one per-step run to max T).
 
     Args:
@@ -35,12 +37,15 @@ def evaluate_snn(ann: torch.nn.Module, snn: SpikingNetwork, images: torch.Tensor
         batch_size: images per simulation.
         backend: spikekernels backend.
         progress: tqdm bar on stderr.
+        cost: also count synaptic operations and energy over the same run (spike-count
+            maps recorded per batch, see :func:`sresnet.network_cost`), under ``"cost"``.
 
     Returns:
         dict with ann_accuracy, snn_accuracy {str(T): fraction}, agreement {str(T): fraction
         of images where SNN and ANN predict the same class}, firing_rate (mean over all
         neurons, steps and images), firing_rate_per_layer, images_per_second {"ann", "snn"}
-        (snn: simulating max T), num_images.
+        (snn: simulating max T), num_images, and with ``cost`` the dict of
+        :func:`sresnet.network_cost` for all the images at max T.
     """
     ts = _check_timesteps(list(timesteps))
     if images.shape[0] != labels.shape[0]:
@@ -60,13 +65,16 @@ def evaluate_snn(ann: torch.nn.Module, snn: SpikingNetwork, images: torch.Tensor
     spikes: dict[str, int] = {}
     neurons: dict[str, int] = {}
     snn_time = 0.0
+    maps: dict[int, torch.Tensor] | None = None
     idx = torch.tensor([t - 1 for t in ts])
     bar = tqdm(total=images.shape[0], desc=f"SNN T={T}", unit="img", disable=not progress, leave=False)
     for i in range(0, images.shape[0], batch_size):
         x, y, a = images[i : i + batch_size], labels[i : i + batch_size], ann_pred[i : i + batch_size]
         t0 = time.perf_counter()
-        scores, stats = snn(x, timesteps=T, per_step=True, backend=backend, return_stats=True)
+        scores, stats = snn(x, timesteps=T, per_step=True, backend=backend, return_stats=True, record_maps=cost)
         snn_time += time.perf_counter() - t0
+        if cost:
+            maps = stats["maps"] if maps is None else {k: maps[k] + m for k, m in stats["maps"].items()}
         pred = scores[idx].argmax(-1)  # [len(ts), B]
         for k, t in enumerate(ts):
             correct[t] += int((pred[k] == y).sum())
@@ -78,7 +86,7 @@ def evaluate_snn(ann: torch.nn.Module, snn: SpikingNetwork, images: torch.Tensor
     bar.close()
     n = images.shape[0]
     total_neurons = sum(neurons.values())
-    return {
+    result = {
         "ann_accuracy": float((ann_pred == labels).float().mean()),
         "snn_accuracy": {str(t): correct[t] / n for t in ts},
         "agreement": {str(t): agree[t] / n for t in ts},
@@ -88,13 +96,16 @@ def evaluate_snn(ann: torch.nn.Module, snn: SpikingNetwork, images: torch.Tensor
         "num_images": n,
         "neurons_per_image": total_neurons,
     }
+    if cost:
+        result["cost"] = cost_from_maps(snn, maps, n, images.shape[1:], T)
+    return result
 
 
 def evaluate(arch: str, checkpoint: str | Path, data_dir: str | Path, timesteps: Sequence[int], *,
              limit: int | None = None, batch_size: int = 32, backend: str | None = None, calib_size: int = 1000,
              percentile: float | str = 99.9, shortcut: str = "A", compensation="auto", readout: str = "membrane",
-             per_channel: bool = False, shortcut_norm: bool = True, progress: bool = False,
-             calib_timesteps: int = 64, calib_subset: int = 32) -> dict:
+             per_channel: bool = False, shortcut_norm: bool = True, progress: bool = False, cost: bool = False,
+             calib_timesteps: int = CALIB_TIMESTEPS, calib_subset: int = CALIB_SUBSET) -> dict:
     """Load a checkpoint and CIFAR data, convert, and measure ANN and SNN accuracy.
 
     Args:
@@ -106,6 +117,7 @@ def evaluate(arch: str, checkpoint: str | Path, data_dir: str | Path, timesteps:
             calib_timesteps, calib_subset: see
             :func:`sresnet.convert`.
         progress: tqdm bar on stderr.
+        cost: also count synaptic operations and energy (see :func:`evaluate_snn`).
 
     Returns:
         the dict of :func:`evaluate_snn` plus arch, timesteps, the settings and
@@ -121,7 +133,8 @@ def evaluate(arch: str, checkpoint: str | Path, data_dir: str | Path, timesteps:
     snn = convert(ann, calib, percentile, per_channel=per_channel, compensation=compensation, readout=readout,
                   shortcut_norm=shortcut_norm, calib_timesteps=calib_timesteps, calib_subset=calib_subset)
     convert_s = time.perf_counter() - t0
-    result = evaluate_snn(ann, snn, images, labels, ts, batch_size=batch_size, backend=backend, progress=progress)
+    result = evaluate_snn(ann, snn, images, labels, ts, batch_size=batch_size, backend=backend, progress=progress,
+                          cost=cost)
     result.update({
         "arch": arch,
         "timesteps": ts,

@@ -170,22 +170,22 @@ def layer_costs(snn, maps: dict[int, torch.Tensor], images: int, in_shape: Seque
     return rows
 
 
-def network_cost(snn, images: torch.Tensor, timesteps: int, *, backend: str | None = None,
-                 energy: EnergyModel | None = None) -> dict:
-    """Simulate ``images`` for ``timesteps`` steps and count synaptic operations and energy.
+def cost_from_maps(snn, maps: dict[int, torch.Tensor], images: int, in_shape: Sequence[int], timesteps: int,
+                   energy: EnergyModel | None = None) -> dict:
+    """Synaptic operations and energy per image from spike-count maps of a run.
 
-    SNN: every spike times its real fan-out (:func:`conv_sops`), plus the MACs of layers fed
-    by the analog image, which run once per image (not T times). ANN: MACs of every conv and
-    linear layer. Energy per :class:`EnergyModel`.
+    Args:
+        snn: the :class:`sresnet.SpikingNetwork` that produced the maps.
+        maps: layer index -> spike counts summed over time and images (the ``"maps"`` of a
+            ``record_maps=True`` run, or their sum over several batches).
+        images: how many images the maps cover; in_shape: the image shape ``[C, H, W]``.
+        timesteps: T of the run; energy: the :class:`EnergyModel` (default 45 nm figures).
 
     Returns:
-        dict with sops_per_image, analog_macs_per_image, ann_macs_per_image,
-        snn_energy_j_per_image, ann_energy_j_per_image, energy_ratio (ANN / SNN),
-        energy_model, per_layer (list of dicts), timesteps, images.
+        the dict of :func:`network_cost`.
     """
     energy = energy or EnergyModel()
-    _, stats = snn(images, timesteps=timesteps, backend=backend, return_stats=True, record_maps=True)
-    rows = layer_costs(snn, stats["maps"], images.shape[0], images.shape[1:])
+    rows = layer_costs(snn, maps, images, in_shape)
     sops = sum(r["sops"] for r in rows)
     analog = sum(r["macs"] for r in rows if r["analog"])
     macs = sum(r["macs"] for r in rows)
@@ -199,6 +199,24 @@ def network_cost(snn, images: torch.Tensor, timesteps: int, *, backend: str | No
         "energy_ratio": e_ann / e_snn if e_snn else float("inf"),
         "energy_model": f"AC {energy.e_ac * 1e12:g} pJ, MAC {energy.e_mac * 1e12:g} pJ (Horowitz 2014, 45 nm)",
         "per_layer": rows,
-        "timesteps": timesteps,
-        "images": int(images.shape[0]),
+        "timesteps": int(timesteps),
+        "images": int(images),
     }
+
+
+def network_cost(snn, images: torch.Tensor, timesteps: int, *, backend: str | None = None,
+                 energy: EnergyModel | None = None) -> dict:
+    """Simulate ``images`` for ``timesteps`` steps and count synaptic operations and energy.
+
+    SNN: every spike times its real fan-out (:func:`conv_sops`), plus the MACs of layers fed
+    by the analog image, which run once per image (not T times). ANN: MACs of every conv and
+    linear layer. Energy per :class:`EnergyModel`. To get the cost of an accuracy run
+    without simulating twice, use ``sresnet.evaluate_snn(..., cost=True)``.
+
+    Returns:
+        dict with sops_per_image, analog_macs_per_image, ann_macs_per_image,
+        snn_energy_j_per_image, ann_energy_j_per_image, energy_ratio (ANN / SNN),
+        energy_model, per_layer (list of dicts), timesteps, images.
+    """
+    _, stats = snn(images, timesteps=timesteps, backend=backend, return_stats=True, record_maps=True)
+    return cost_from_maps(snn, stats["maps"], images.shape[0], images.shape[1:], timesteps, energy)

@@ -29,7 +29,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.fx as fx
 
-CALIB_TIMESTEPS = 64
+CALIB_TIMESTEPS = 128
 CALIB_SUBSET = 32
 METHODS = ("auto", "bias", "scale", "scale+bias", "off")
 BIAS_PASSES = 2

@@ -21,7 +21,7 @@ def test_eval_json(shared_dir, tmp_path):
     out = tmp_path / "res.json"
     r = _run("eval", "--arch", "resnet20", "--checkpoint", str(shared_dir / "models" / "resnet20-12fca82f.th"),
              "--data-dir", str(shared_dir / "data"), "--limit", "32", "--timesteps", "8,16", "--calib-size", "64",
-             "--calib-timesteps", "8", "--calib-subset", "16", "--json", str(out))
+             "--calib-timesteps", "8", "--calib-subset", "16", "--cost", "--json", str(out))
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
     for key in ("ann_accuracy", "snn_accuracy", "firing_rate", "images_per_second", "arch", "timesteps", "num_images"):
@@ -33,6 +33,9 @@ def test_eval_json(shared_dir, tmp_path):
     assert 0 < res["firing_rate"] < 1
     assert all(v > 0 for v in res["images_per_second"].values())
     assert "ANN accuracy" in r.stdout
+    assert res["cost"]["timesteps"] == 16 and res["cost"]["images"] == 32
+    assert 0 < res["cost"]["sops_per_image"] and res["cost"]["ann_macs_per_image"] > 4e7  # ResNet-20: ~41 M MACs
+    assert "synaptic ops" in r.stdout
 
 
 def _one_line_error(code, err):

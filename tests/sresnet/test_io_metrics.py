@@ -103,3 +103,17 @@ def test_network_cost_counts(net):
     assert cost["analog_macs_per_image"] > 0  # the stem conv, run once per image
     e = metrics.EnergyModel()
     assert cost["snn_energy_j_per_image"] == pytest.approx(e.snn(cost["sops_per_image"], cost["analog_macs_per_image"]))
+
+
+def test_evaluate_snn_cost_sums_batches(net):
+    """The cost recorded by evaluate_snn over several batches equals one network_cost run on all images."""
+    ann, snn = net
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(10, 1, 8, 8, generator=g), torch.randint(0, 10, (10,), generator=g)
+    res = sresnet.evaluate_snn(ann, snn, x, y, [6, 12], batch_size=4, cost=True)
+    whole = sresnet.network_cost(snn, x, 12)
+    assert res["cost"]["images"] == 10 and res["cost"]["timesteps"] == 12
+    assert res["cost"]["sops_per_image"] == pytest.approx(whole["sops_per_image"], rel=1e-12)
+    assert [r["sops"] for r in res["cost"]["per_layer"]] == pytest.approx([r["sops"] for r in whole["per_layer"]])
+    assert res["cost"]["sops_per_image"] > 0
+    assert "cost" not in sresnet.evaluate_snn(ann, snn, x, y, [6], batch_size=4)
