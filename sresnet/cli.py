@@ -167,6 +167,7 @@ def _add_convert(sub) -> None:
     _model_options(p)
     p.add_argument("--out", required=True, type=Path, help="file to write the converted network to")
     _conversion_options(p)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _common(p)
 
 
@@ -178,7 +179,7 @@ def _run_convert(args) -> int:
 
     ann = load_checkpoint(args.arch, args.checkpoint, shortcut=args.shortcut)
     calib, _ = load_cifar(args.data_dir, "calib", limit=args.calib_size)
-    snn = convert(ann, calib, **_conversion_kwargs(args))
+    snn = convert(ann, calib, progress=not args.no_progress, **_conversion_kwargs(args))
     snn.info["arch"] = args.arch
     path = save(snn, args.out)
     print(f"wrote {path} ({len(snn.layers)} spiking layers, readout {snn.readout})")

@@ -36,7 +36,7 @@ def evaluate_snn(ann: torch.nn.Module, snn: SpikingNetwork, images: torch.Tensor
         timesteps: the T values to report.
         batch_size: images per simulation.
         backend: spikekernels backend.
-        progress: tqdm bar on stderr.
+        progress: tqdm bars on stderr (compensation calibration, then simulation).
         cost: also count synaptic operations and energy over the same run (spike-count
             maps recorded per batch, see :func:`sresnet.network_cost`), under ``"cost"``.
 
@@ -116,7 +116,7 @@ def evaluate(arch: str, checkpoint: str | Path, data_dir: str | Path, timesteps:
         percentile, shortcut, compensation, readout, per_channel, shortcut_norm,
             calib_timesteps, calib_subset: see
             :func:`sresnet.convert`.
-        progress: tqdm bar on stderr.
+        progress: tqdm bars on stderr (compensation calibration, then simulation).
         cost: also count synaptic operations and energy (see :func:`evaluate_snn`).
 
     Returns:
@@ -131,7 +131,8 @@ def evaluate(arch: str, checkpoint: str | Path, data_dir: str | Path, timesteps:
     calib, _ = load_cifar(data_dir, "calib", limit=calib_size)
     t0 = time.perf_counter()
     snn = convert(ann, calib, percentile, per_channel=per_channel, compensation=compensation, readout=readout,
-                  shortcut_norm=shortcut_norm, calib_timesteps=calib_timesteps, calib_subset=calib_subset)
+                  shortcut_norm=shortcut_norm, calib_timesteps=calib_timesteps, calib_subset=calib_subset,
+                  progress=progress)
     convert_s = time.perf_counter() - t0
     result = evaluate_snn(ann, snn, images, labels, ts, batch_size=batch_size, backend=backend, progress=progress,
                           cost=cost)

@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 
 import torch
 import torch.fx as fx
+from tqdm import tqdm
 
 CALIB_TIMESTEPS = 128
 CALIB_SUBSET = 32
@@ -130,7 +131,8 @@ def apply_factors(snn, factors) -> None:
         layer.multiply(c)
 
 
-def compensate(snn, program, scales, images, method: str, raw, *, timesteps: int, subset: int, batch_size: int) -> dict:
+def compensate(snn, program, scales, images, method: str, raw, *, timesteps: int, subset: int, batch_size: int,
+               progress: bool = False) -> dict:
     """Apply the compensation ``method`` to ``snn`` in place; returns what was applied per layer."""
     if method == "off":
         return {}
@@ -143,7 +145,8 @@ def compensate(snn, program, scales, images, method: str, raw, *, timesteps: int
     chunk = min(T, snn.default_chunk(images.shape[0], tuple(images.shape[2:])))
     outs_full: list = [None] * len(snn.layers)
     applied = {}
-    for i, layer in enumerate(snn.layers):
+    bar = tqdm(snn.layers, desc=f"compensation ({method}, T={T})", unit="layer", disable=not progress, leave=False)
+    for i, layer in enumerate(bar):
         if layer.kind != "maxpool":
             target = targets[layer.name]
             if "scale" in method:

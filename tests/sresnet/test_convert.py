@@ -194,3 +194,13 @@ def test_calibrated_compensation_runs_and_records():
     snn = sresnet.convert(model, x, compensation="bias", calib_timesteps=8, calib_subset=8)
     assert set(snn.compensation) == {l.name for l in snn.layers}
     assert all(torch.isfinite(v["bias"]).all() for v in snn.compensation.values())
+
+
+def test_progress_bar_only_when_asked(capsys):
+    model = make("tiny_A_functional")
+    x = _images(8, 8)
+    sresnet.convert(model, x, calib_timesteps=4, calib_subset=4)
+    assert capsys.readouterr().err == ""
+    sresnet.convert(model, x, calib_timesteps=4, calib_subset=4, progress=True)
+    err = capsys.readouterr().err
+    assert "compensation (bias, T=4)" in err and "layer" in err
