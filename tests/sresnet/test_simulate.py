@@ -94,6 +94,12 @@ def test_stats_and_firing_rate():
     for name, s in stats["spikes"].items():
         assert 0 <= s <= stats["neurons"][name] * 10 * 4
     assert 0 < firing_rate(stats) < 1
+    # the counts equal the spike-count maps, summed by another path (a float64 sum of the spikes)
+    _, stats = snn(x, timesteps=10, return_stats=True, record_maps=True)
+    for i, layer in enumerate(snn.layers):
+        if layer.name in stats["spikes"]:  # every layer but max pooling
+            assert stats["spikes"][layer.name] == int(stats["maps"][i].sum())
+    assert sum(stats["spikes"].values()) > 0
 
 
 def test_input_errors():
