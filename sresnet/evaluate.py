@@ -36,7 +36,7 @@ def evaluate_snn(ann: torch.nn.Module, snn: SpikingNetwork, images: torch.Tensor
         timesteps: the T values to report.
         batch_size: images per simulation.
         backend: spikekernels backend.
-        progress: tqdm bars on stderr (compensation calibration, then simulation).
+        progress: tqdm bar on stderr.
         cost: also count synaptic operations and energy over the same run (spike-count
             maps recorded per batch, see :func:`sresnet.network_cost`), under ``"cost"``.
 
@@ -74,7 +74,11 @@ def evaluate_snn(ann: torch.nn.Module, snn: SpikingNetwork, images: torch.Tensor
         scores, stats = snn(x, timesteps=T, per_step=True, backend=backend, return_stats=True, record_maps=cost)
         snn_time += time.perf_counter() - t0
         if cost:
-            maps = stats["maps"] if maps is None else {k: maps[k] + m for k, m in stats["maps"].items()}
+            if maps is None:
+                maps = stats["maps"]
+            else:
+                for k, m in stats["maps"].items():
+                    maps[k] += m
         pred = scores[idx].argmax(-1)  # [len(ts), B]
         for k, t in enumerate(ts):
             correct[t] += int((pred[k] == y).sum())

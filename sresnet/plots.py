@@ -20,6 +20,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path) -> Path:
+    """Lay out, write and close ``fig``; returns the path written."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def accuracy_vs_timesteps(report: dict, path: str | Path) -> Path:
     """SNN accuracy against T (log2 axis), with the ANN's accuracy as a horizontal line."""
     plt = _pyplot()
@@ -35,11 +44,7 @@ def accuracy_vs_timesteps(report: dict, path: str | Path) -> Path:
     ax.set_title(f"{report.get('arch', 'network')}: accuracy vs time steps")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def firing_rates(report: dict, path: str | Path) -> Path:
@@ -54,8 +59,4 @@ def firing_rates(report: dict, path: str | Path) -> Path:
     ax.set_ylabel("spikes / neuron / step")
     ax.set_title("firing rate per layer")
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
