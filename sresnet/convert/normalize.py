@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ..simulate import RLayer, RTerm
+from ..network import Layer as RLayer, Term as RTerm
 from .trace import Program, Term
 
 

@@ -9,7 +9,8 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from ..simulate import READOUTS, SpikingNetwork
+from ..network import READOUTS
+from ..simulate import SpikingNetwork
 from . import compensate as comp
 from .fold import fold_batchnorm
 from .normalize import normalize
