@@ -42,6 +42,10 @@ def apply_op(op: tuple, x: torch.Tensor, backend=None) -> torch.Tensor:
         return y[..., None, None] if op[1] else y
     if kind == "flatten":
         return x.reshape(x.shape[0], x.shape[1], -1)
+    if kind == "maxpool":
+        # max pooling of an analog current (the stem's, constant over T; see convert/fuse.py)
+        y = F.max_pool2d(x.flatten(0, 1), op[1], op[2], op[3])
+        return y.reshape(x.shape[0], x.shape[1], *y.shape[1:])
     raise ValueError(f"unknown op {kind!r} in a network description")
 
 

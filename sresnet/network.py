@@ -21,7 +21,7 @@ READOUTS = ("membrane", "spikes")
 RESETS = ("subtract", "zero")
 LAYER_KINDS = ("stem", "neuron", "maxpool")
 # parameter-free ops a term may apply before/after its conv/linear (see executor.apply_op)
-OPS = ("subsample", "chanpad", "avgpool", "gap", "flatten", "pad")
+OPS = ("subsample", "chanpad", "avgpool", "gap", "flatten", "pad", "maxpool")
 
 
 def _plain(value):

@@ -201,3 +201,29 @@ def test_description_rejects_bad_fields():
         Readout(delay_fraction=1.0)
     with pytest.raises(ValueError, match="readout='logits'"):
         Readout("logits")
+
+
+def test_stem_max_pool_moves_before_the_neuron():
+    """torchvision stem (conv -> BN -> ReLU -> max pool): the pool acts on the constant analog
+    current, exactly; the gated spiking max pool stays available as the paper's variant."""
+    model = make("tv_basic")
+    calib, x = _images(16, 16, seed=2), _images(4, 16, seed=3)
+    fused = sresnet.convert(model, calib, compensation=None)
+    gated = sresnet.convert(model, calib, compensation=None, analog_stem_pool=False)
+    assert not any(l.kind == "maxpool" for l in fused.layers)
+    assert any(l.kind == "maxpool" for l in gated.layers)
+    assert fused.info["analog_stem_pools"] == 1 and gated.info["analog_stem_pools"] == 0
+    assert fused.layers[0].main.post[0][0] == "maxpool"
+    with torch.no_grad():
+        ref = model(x)
+    for snn in (fused, gated):
+        assert float((snn.analog(x) - ref).abs().max() / ref.abs().max()) < 1e-5
+    # the pooled stem's λ is observed on the pooled activations (the max-pool node)
+    assert fused.layers[0].name in fused.scales and fused.layers[0].name == gated.layers[1].name
+    # the stem's spikes at every step are IF of the pooled current: check against if_scan
+    import spikekernels as sk
+    ex = Executor(fused.network, "reference")
+    cur = ex.stem_currents(x)[0]
+    s_ref = sk.if_scan(cur.expand(6, *cur.shape[1:]), 1.0, backend="reference")
+    s, _ = ex.run_layer(0, [None], 6, None, cur)
+    assert torch.equal(s.float(), s_ref)
