@@ -81,10 +81,19 @@ def default_chunk(net: Network, batch: int, hw: tuple) -> int:
 
 
 class Executor:
-    """Runs a :class:`Network` on one backend ("auto", "reference", "numba", "triton" or None)."""
+    """Runs a :class:`Network` on one backend ("auto", "reference", "numba", "triton" or None).
 
-    def __init__(self, net: Network, backend: str | None = None):
+    With ``train=True`` spikes between layers are float32 (uint8 otherwise) and every neuron
+    takes the surrogate-gradient path of spikekernels when its inputs require grad, so a loss
+    on the readout backpropagates through time to the description's tensors
+    (``surrogate``/``detach_reset`` as in :func:`spikekernels.if_scan`).
+    """
+
+    def __init__(self, net: Network, backend: str | None = None, *, train: bool = False, surrogate=None,
+                 detach_reset: bool = False):
         self.net, self.backend = net, backend
+        self.spike_dtype = torch.float32 if train else torch.uint8
+        self.grad_kw = dict(surrogate=surrogate, detach_reset=detach_reset) if train else {}
 
     def term(self, term: Term, outs: list, exact: bool = False) -> torch.Tensor:
         """The current of one term ``[T, B, ...]`` float32 from the spikes ``outs``."""
@@ -151,7 +160,7 @@ class Executor:
                                        return_state=True, backend=be)
         nrn = layer.neuron
         v0 = state if state is not None else nrn.v0
-        kw = dict(return_state=True, spike_dtype=torch.uint8, backend=be)
+        kw = dict(return_state=True, spike_dtype=self.spike_dtype, backend=be, **self.grad_kw)
         rows = nrn.bias_rows(t0, steps)
         if layer.kind == "stem":
             cur = stem_current.expand(steps, *stem_current.shape[1:])
@@ -222,7 +231,7 @@ class Executor:
                 if t0 == 0:
                     neurons[i] = outs[i][0, 0].numel()
                 if maps is not None:
-                    m = outs[i].sum((0, 1), dtype=torch.float64).cpu()
+                    m = outs[i].detach().sum((0, 1), dtype=torch.float64).cpu()
                     if m.shape != maps[i].shape:
                         maps[i] = torch.zeros(m.shape, dtype=torch.float64)
                     maps[i] += m
@@ -238,7 +247,7 @@ class Executor:
                 acc = cur[k].clone() if acc is None else acc + cur[k]
                 prefix[t0 + k] = acc
             if spikes_readout:
-                s, v_out = sk.if_scan(cur, 1.0, v_out, return_state=True, backend=self.backend)
+                s, v_out = sk.if_scan(cur, 1.0, v_out, return_state=True, backend=self.backend, **self.grad_kw)
                 ccount = torch.cumsum(s, 0)
                 if cnt_out is not None:
                     ccount += cnt_out
