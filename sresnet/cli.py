@@ -136,7 +136,6 @@ def _preprocess(args):
     if args.preset is None and all(v is None for v in explicit.values()):
         if args.arch is not None or args.data_dir is not None:
             return make_preprocess("cifar-imagenet-stats")
-        print("note: no --preset and no --mean/--std: images are only scaled to [0, 1]", file=sys.stderr)
     return make_preprocess(args.preset, **explicit)
 
 
@@ -147,6 +146,14 @@ def _load_model(args):
     if args.checkpoint is None and ":" not in name:
         raise ValueError(f"--checkpoint is required for --model {name} (only a package.module:factory may go without)")
     return name, load_checkpoint(name, args.checkpoint, shortcut=args.shortcut, num_classes=args.num_classes)
+
+
+def _describe(prep: dict) -> str:
+    parts = [f"preset {prep['preset']}"] if prep["preset"] else []
+    parts.append(f"mean {prep['mean']}, std {prep['std']}" if prep["mean"] else
+                 "scaled to [0, 1] only (no --preset, --mean or --std)")
+    parts += [f"{k} {prep[k]}" for k in ("resize", "crop") if prep[k]]
+    return "; ".join(parts)
 
 
 def _add_eval(sub) -> None:
@@ -186,6 +193,7 @@ def _run_eval(args) -> int:
     res.update(arch=name, model=name, checkpoint=None if args.checkpoint is None else str(args.checkpoint))
     print(f"{name}: {res['num_images']} images of {res['dataset']['source']}, ANN accuracy "
           f"{100 * res['ann_accuracy']:.2f}% (top-5 {100 * res['ann_top5']:.2f}%)")
+    print(f"  preprocessing: {_describe(res['preprocessing'])}")
     for t in res["timesteps"]:
         print(f"  T={t:<5d} SNN accuracy {100 * res['snn_accuracy'][str(t)]:.2f}% (top-5 "
               f"{100 * res['snn_top5'][str(t)]:.2f}%), agrees with ANN on {100 * res['agreement'][str(t)]:.2f}%")
