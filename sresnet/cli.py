@@ -73,8 +73,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors (default: one line)")
 
 
-def _model_options(p: argparse.ArgumentParser) -> None:
-    """Model, data and preprocessing options, shared by eval and convert."""
+def _model_options(p: argparse.ArgumentParser, data_required: bool = True) -> None:
+    """Model, data and preprocessing options, shared by eval and convert (which may give --calib-data only)."""
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--model", help="resnet20/32/44/56/110 (CIFAR), resnet18/34/50/101/152, wide_resnet50_2, "
                        "wide_resnet101_2 (torchvision structure), or package.module:factory / file.py:factory "
@@ -84,7 +84,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    help="checkpoint file: a state dict or {'state_dict': ...} (torch.load weights_only=True); "
                         "required except for a factory")
     p.add_argument("--num-classes", type=_positive, default=None, help="classes of the model's head (default: from the checkpoint)")
-    data = p.add_mutually_exclusive_group(required=True)
+    data = p.add_mutually_exclusive_group(required=data_required)
     data.add_argument("--data", type=Path, help="test images: a CIFAR-10/100 pickle folder, an ImageFolder root "
                       "(root/<class>/<image>; a root with train/ and val/ reads val/) or an .npz with 'images' and 'labels'")
     data.add_argument("--data-dir", type=Path, help="folder with the CIFAR python batches (test_batch, data_batch_1); "
@@ -245,7 +245,7 @@ def _add_convert(sub) -> None:
         "sresnet.load(path)).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    _model_options(p)
+    _model_options(p, data_required=False)
     p.add_argument("--out", required=True, type=Path, help="file to write the converted network to")
     _conversion_options(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -260,6 +260,9 @@ def _run_convert(args) -> int:
 
     prep = _preprocess(args)
     name, ann = _load_model(args)
+    if args.calib_data is None and args.data is None and args.data_dir is None:
+        raise ValueError("convert needs calibration images: give --calib-data, or --data/--data-dir to "
+                         "calibrate on the training images beside them")
     source = args.calib_data or default_calibration(args.data or args.data_dir)
     ds = open_dataset(source, "calib", prep)
     calib, _ = take(make_loader(ds, min(args.calib_size, 256), args.workers, args.calib_size), args.calib_size)

@@ -1,4 +1,7 @@
-"""CIFAR-10/100 loader for the python-pickle layout, with a restricted unpickler.
+"""CIFAR-10/100 loader for the python-pickle layout, with a restricted unpickler; :func:`take`.
+
+Streaming datasets (ImageFolder, CIFAR, .npz) are in :mod:`sresnet.datasets`; :func:`take`
+collects the first N images of any batch iterable (calibration for :func:`sresnet.convert`).
 
 Pickle can run arbitrary code on load. The CIFAR batches only need builtin containers and
 numpy array reconstruction, so :class:`SafeUnpickler` resolves exactly those globals and

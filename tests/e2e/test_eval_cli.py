@@ -294,3 +294,13 @@ def test_convert_command_with_imagefolder_calibration(r20, cifar_tree, tmp_path,
                  "cifar-imagenet-stats", "--calib-size", "20", "--calib-timesteps", "4", "--calib-subset", "4",
                  "--no-progress", "--out", str(out)]) == 0
     assert sresnet.load(out).info["arch"] == "resnet20"
+
+
+def test_convert_with_calibration_data_only(r20, cifar_tree, tmp_path, capsys):
+    root, _ = cifar_tree
+    out = tmp_path / "net.snn"
+    assert main(["convert", "--model", "resnet20", "--checkpoint", r20, "--calib-data", str(root / "train"),
+                 "--preset", "cifar-imagenet-stats", "--calib-size", "20", "--calib-timesteps", "4", "--calib-subset",
+                 "4", "--no-progress", "--out", str(out)]) == 0
+    code, err = _main(capsys, "convert", "--model", "resnet20", "--checkpoint", r20, "--out", str(out))
+    assert "needs calibration images" in _one_line_error(code, err)
