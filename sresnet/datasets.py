@@ -15,6 +15,8 @@ so a ``torch.utils.data.DataLoader`` (with worker processes for the decoding) tu
 
 from __future__ import annotations
 
+import struct
+import zipfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -125,12 +127,39 @@ class CifarFolder(Dataset):
         return self.transform(self.images[i], f"{self.path}[{i}]"), int(self.targets[i])
 
 
+def _memmap_npz_member(path: Path, key: str) -> np.ndarray | None:
+    """Memory-map array ``key`` of an uncompressed ``.npz`` (``numpy.savez``); None if compressed.
+
+    An ``.npz`` is a zip of ``.npy`` files; a stored (uncompressed) member is a plain ``.npy``
+    at an offset of the file, so its pixels can stay on disk and be paged in per item.
+    """
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(f"{key}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        # zip local file header: name and extra-field lengths at bytes 26..29, then the data
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
 class NpzImages(Dataset):
     """Images and labels from an ``.npz`` file (``numpy.savez``), loaded without pickle.
 
     Expected arrays: ``images``: uint8, ``[N, H, W, C]`` (channels last, as numpy/Pillow
     write them) or ``[N, C, H, W]`` with C in {1, 3}, or grayscale ``[N, H, W]``; ``labels``:
-    integer ``[N]`` class indices.
+    integer ``[N]`` class indices. ``images`` of an uncompressed file (``numpy.savez``) is
+    memory-mapped, so memory does not grow with the file; ``numpy.savez_compressed`` files
+    are read whole.
 
     Raises:
         ValueError: missing keys (the message lists the keys found), a non-uint8 or
@@ -141,16 +170,24 @@ class NpzImages(Dataset):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path} does not exist or is not a file")
+        unreadable = (ValueError, OSError, EOFError, zipfile.BadZipFile, struct.error)
         try:
-            with np.load(self.path, allow_pickle=False) as z:
-                keys = list(z.keys())
-                if "images" not in keys or "labels" not in keys:
-                    raise ValueError(f"{self.path} needs arrays 'images' and 'labels'; found {keys}")
-                images, labels = z["images"], z["labels"]
-        except ValueError as exc:
-            raise ValueError(f"{self.path} is not a readable .npz with 'images' and 'labels': {exc}") from exc
-        except (OSError, EOFError) as exc:
+            z = np.load(self.path, allow_pickle=False)
+        except unreadable as exc:
             raise ValueError(f"{self.path} is not a readable .npz file: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError(f"{self.path} holds one array, not an .npz archive with 'images' and 'labels'")
+        with z:
+            keys = list(z.keys())
+            if "images" not in keys or "labels" not in keys:
+                raise ValueError(f"{self.path} needs arrays 'images' and 'labels'; found {keys}")
+            try:
+                labels = z["labels"]
+                images = _memmap_npz_member(self.path, "images")
+                if images is None:
+                    images = z["images"]
+            except unreadable as exc:
+                raise ValueError(f"{self.path} is not a readable .npz file: {type(exc).__name__}: {exc}") from exc
         if images.dtype != np.uint8 or images.ndim not in (3, 4):
             raise ValueError(f"{self.path}: 'images' must be uint8 [N, H, W, C], [N, C, H, W] or [N, H, W], "
                              f"got {images.dtype} {images.shape}")

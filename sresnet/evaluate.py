@@ -82,6 +82,8 @@ def evaluate_snn(ann: nn.Module, snn: SpikingNetwork, data, labels: torch.Tensor
             the network's outputs, or no images.
         TypeError: labels given with batches (they come inside the batches).
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(data, torch.Tensor):
         if not isinstance(labels, torch.Tensor):
             raise TypeError(f"labels must be a tensor [N] with an images tensor, got {type(labels).__name__}")
@@ -115,12 +117,14 @@ def evaluate_snn(ann: nn.Module, snn: SpikingNetwork, data, labels: torch.Tensor
     ann_time = snn_time = 0.0
     maps: dict[int, torch.Tensor] | None = None
     in_shape = None
+    # loaders yield CPU batches: they go where the network's weights are
+    device = next((p.device for p in ann.parameters()), torch.device("cpu"))
     bar = tqdm(total=total, desc=f"SNN T={T}", unit="img", disable=not progress, leave=False)
     was_training = ann.training
     ann.eval()
     try:
         for images, y in limit_batches(batches, limit):
-            y = torch.as_tensor(y)
+            images, y = images.to(device), torch.as_tensor(y).to(device)
             in_shape = tuple(images.shape[1:])
             t0 = time.perf_counter()
             with torch.no_grad():

@@ -206,7 +206,8 @@ def _to_chw(image, where: str) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise ValueError(f"{where}array must be uint8 [H, W] or [H, W, C], got {image.dtype} {image.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(image))
+        # a copy: the array may be a read-only memory map, which torch will not wrap
+        x = torch.from_numpy(np.array(image, copy=True))
         return x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or not (image.dtype == torch.uint8 or image.is_floating_point()):

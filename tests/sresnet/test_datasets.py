@@ -200,3 +200,24 @@ def test_cifar_folder_splits(shared_dir):
     assert len(test) == 10000 and test.path.name == "test_batch"
     assert calib.kind == "cifar" and calib.source.endswith("data_batch_1")
     assert default_calibration(shared_dir / "data") == shared_dir / "data"
+
+
+def test_npz_images_memory_mapped_when_uncompressed(tmp_path):
+    imgs, labels = _images(6, 5, 4, seed=3), np.arange(6) % 2
+    np.savez(tmp_path / "plain.npz", images=imgs, labels=labels)
+    np.savez_compressed(tmp_path / "small.npz", images=imgs, labels=labels)
+    plain, small = NpzImages(tmp_path / "plain.npz"), NpzImages(tmp_path / "small.npz")
+    # the pixels stay on disk (a memory map of the file), read per item
+    assert isinstance(plain.images, np.memmap) and not isinstance(small.images, np.memmap)
+    for i in range(6):
+        assert torch.equal(plain[i][0], small[i][0]) and plain[i][1] == small[i][1]
+    # Fortran-ordered arrays keep their layout through the map
+    np.savez(tmp_path / "fortran.npz", images=np.asfortranarray(imgs), labels=labels)
+    assert torch.equal(NpzImages(tmp_path / "fortran.npz")[5][0], plain[5][0])
+
+
+def test_npy_is_not_npz(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros(3))
+    (tmp_path / "x.npy").rename(tmp_path / "x.npz")
+    with pytest.raises(ValueError, match="one array, not an .npz archive"):
+        NpzImages(tmp_path / "x.npz")
