@@ -304,3 +304,47 @@ def test_convert_with_calibration_data_only(r20, cifar_tree, tmp_path, capsys):
                  "4", "--no-progress", "--out", str(out)]) == 0
     code, err = _main(capsys, "convert", "--model", "resnet20", "--checkpoint", r20, "--out", str(out))
     assert "needs calibration images" in _one_line_error(code, err)
+
+
+TINY_FACTORY = '''
+import torch.nn as nn
+
+
+def tiny(num_classes=3):
+    return nn.Sequential(nn.Conv2d(3, 4, 5, stride=4, padding=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, num_classes))
+'''
+
+
+def test_imagefolder_photos_with_imagenet_preset_equals_explicit_flags(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from sresnet.models import build_model
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for c in ("beagle", "kite", "tabby"):
+            (tmp_path / "img" / split / c).mkdir(parents=True)
+            for i in range(n):
+                h, w = rng.integers(150, 300, 2)  # photos of mixed sizes: resize + crop make them 224x224
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                    tmp_path / "img" / split / c / f"{i}.jpg", quality=90)
+    (tmp_path / "zoo.py").write_text(TINY_FACTORY)
+    spec = f"{tmp_path / 'zoo.py'}:tiny"
+    torch.manual_seed(0)
+    torch.save(build_model(spec).state_dict(), tmp_path / "tiny.pt")
+    common = ["eval", "--model", spec, "--checkpoint", str(tmp_path / "tiny.pt"), "--data", str(tmp_path / "img"),
+              "--timesteps", "4,8", "--calib-timesteps", "4", "--calib-subset", "4", "--workers", "1", "--no-progress"]
+    assert main(common + ["--preset", "imagenet", "--json", str(tmp_path / "a.json")]) == 0
+    assert main(common + ["--resize", "256", "--crop", "224", "--mean", "0.485,0.456,0.406", "--std",
+                          "0.229,0.224,0.225", "--json", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert a["num_images"] == 6 and a["calib_size"] == 18 and a["dataset"]["source"].endswith("val")
+    assert a["calibration"]["source"].endswith("train")
+    assert a["preprocessing"]["preset"] == "imagenet" and b["preprocessing"]["preset"] is None
+    assert (a["preprocessing"]["resize"], a["preprocessing"]["crop"]) == (b["preprocessing"]["resize"], 224)
+    for key in ("ann_accuracy", "snn_accuracy", "snn_top5", "firing_rate", "neurons_per_image"):
+        assert a[key] == b[key], key
+    assert a["neurons_per_image"] == 4 * 56 * 56  # one neuron per conv output of a 224x224 image
