@@ -13,8 +13,14 @@ import json
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .convert.compensate import CALIB_SUBSET, CALIB_TIMESTEPS
+
+if TYPE_CHECKING:  # for annotations only; the commands import what they use when they run
+    import torch
+
+    from .preprocess import Preprocess
 
 USER_ERRORS = (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, TypeError, KeyError)
 
@@ -128,7 +134,7 @@ def _conversion_kwargs(args) -> dict:
                 calib_subset=args.calib_subset)
 
 
-def _preprocess(args):
+def _preprocess(args: argparse.Namespace) -> Preprocess:
     """The Preprocess of the options: --preset, explicit flags, or the default of the option style used."""
     from .preprocess import make_preprocess
 
@@ -139,7 +145,7 @@ def _preprocess(args):
     return make_preprocess(args.preset, **explicit)
 
 
-def _load_model(args):
+def _load_model(args: argparse.Namespace) -> tuple[str, torch.nn.Module]:
     from .models import load_checkpoint
 
     name = args.model or args.arch
