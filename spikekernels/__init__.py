@@ -9,8 +9,10 @@ from ._threads import quiet_openmp_spin
 
 quiet_openmp_spin()
 
+from . import surrogate
 from ._dispatch import available_backends
-from .layers import GlobalAvgPool, IFNeuron, ResidualMerge, SpikeAvgPool2d, SpikeMaxPool2d
+from .layers import (GlobalAvgPool, IFNeuron, ResidualMerge, SpikeAvgPool2d, SpikeConv2d, SpikeLinear,
+                     SpikeMaxPool2d)
 from .ops.if_scan import if_scan
 from .ops.spike_conv import spike_conv2d, spike_linear
 from .ops.pool import global_avg_pool, spike_avg_pool2d, spike_max_pool2d
@@ -20,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "available_backends",
+    "surrogate",
     "if_scan",
     "residual_merge",
     "spike_conv2d",
@@ -29,6 +32,8 @@ __all__ = [
     "spike_max_pool2d",
     "IFNeuron",
     "ResidualMerge",
+    "SpikeConv2d",
+    "SpikeLinear",
     "SpikeAvgPool2d",
     "SpikeMaxPool2d",
     "GlobalAvgPool",

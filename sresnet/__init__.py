@@ -9,11 +9,13 @@ from .io import load, save
 from .metrics import cost_from_maps, network_cost
 from .models import cifar_resnet, imagenet_resnet, load_checkpoint
 from .simulate import SpikingNetwork, firing_rate
+from .trainable import TrainableSpikingNetwork, to_trainable
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SpikingNetwork",
+    "TrainableSpikingNetwork",
     "cifar_resnet",
     "convert",
     "cost_from_maps",
@@ -26,4 +28,5 @@ __all__ = [
     "network_cost",
     "save",
     "load_cifar",
+    "to_trainable",
 ]

@@ -4,7 +4,8 @@ The file is ``torch.save`` of plain containers (dict, list, tuple, str, int, flo
 None) and tensors only, so ``torch.load(..., weights_only=True)`` reads it without running
 any code from the file. It holds every layer's normalized weights and biases (compensation
 included), shortcut scales, pooling geometry, the output scale λ, the readout, the
-conversion settings (λ per site, percentile, compensation) and the library version.
+conversion settings and metadata (λ per site, percentile, what the compensation applied),
+the neuron parameters and readout delay, and the library version.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from pathlib import Path
 
 import torch
 
-from .simulate import RLayer, RTerm, SpikingNetwork
+from .network import Layer, Network, Term
+from .simulate import SpikingNetwork
 
 FORMAT = "sresnet.snn"
-FORMAT_VERSION = 1
+# 2: the whole description (neuron parameters, readout delay, λ per site, compensation);
+# 1: layers and weights only (still read: their neurons are the paper's defaults)
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _PRIMITIVES = (str, int, float, bool, type(None))
 
 
@@ -35,20 +40,13 @@ def _plain(value, where: str):
     raise TypeError(f"cannot save {where} of type {type(value).__name__}: only tensors, numbers, strings and containers")
 
 
-def _term(t: RTerm | None):
-    if t is None:
-        return None
-    return {s: _plain(getattr(t, s), s) for s in RTerm.__slots__}
-
-
-def _unterm(d) -> RTerm | None:
-    if d is None:
-        return None
-    return RTerm(d["source"], d["pre"], d["kind"], d["weight"], d["bias"], d["stride"], d["padding"], d["post"], d["scale"])
-
-
 def save(snn: SpikingNetwork, path: str | Path) -> Path:
-    """Write a converted network to ``path`` (see the module docstring for the format)."""
+    """Write a converted network to ``path`` (see the module docstring for the format).
+
+    Raises:
+        TypeError: ``snn`` is not a SpikingNetwork, or its ``info`` holds values other than
+            tensors, numbers, strings and containers (named in the message).
+    """
     from . import __version__
 
     if not isinstance(snn, SpikingNetwork):
@@ -57,25 +55,31 @@ def save(snn: SpikingNetwork, path: str | Path) -> Path:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "sresnet_version": __version__,
-        "readout": snn.readout,
-        "output_scale": snn.output_scale.clone(),
-        "input_shape": list(snn.input_shape),
-        "info": _plain(snn.info, "info"),
-        "layers": [
-            {"kind": l.kind, "name": l.name, "shape": list(l.shape), "main": _term(l.main),
-             "others": [_term(t) for t in l.others], "bias": _plain(l.bias, "bias"),
-             "pool": _plain(l.pool, "pool"), "source": l.source}
-            for l in snn.layers
-        ],
-        "output": [_term(t) for t in snn.output],
+        "network": _plain(snn.network.to_dict(), "network"),
     }
     path = Path(path)
     torch.save(payload, path)
     return path
 
 
+def _network_v1(payload: dict) -> Network:
+    layers = [
+        Layer(d["kind"], d["name"], d["shape"], main=Term.from_dict(d["main"]) if d["main"] else None,
+              others=[Term.from_dict(t) for t in d["others"]], bias=d["bias"], pool=d["pool"], source=d["source"])
+        for d in payload["layers"]
+    ]
+    return Network(layers, [Term.from_dict(t) for t in payload["output"]], payload["output_scale"],
+                   payload["input_shape"], payload["readout"], payload["info"])
+
+
 def load(path: str | Path) -> SpikingNetwork:
-    """Read a network written by :func:`save` (safe: ``weights_only=True``)."""
+    """Read a network written by :func:`save` (safe: ``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a converted network, has a format version this sresnet
+            cannot read, or is damaged (non-finite weights, missing fields).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no converted network at {path}")
@@ -86,23 +90,18 @@ def load(path: str | Path) -> SpikingNetwork:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a converted sresnet network (no '{FORMAT}' format tag); "
                          "make one with `python -m sresnet convert` or sresnet.save()")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has format version {payload.get('format_version')}; this sresnet reads version {FORMAT_VERSION}")
+    version = payload.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"{path} has format version {version}; this sresnet reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))} (a newer sresnet wrote it: upgrade sresnet)")
     try:
-        layers = [
-            RLayer(d["kind"], d["name"], d["shape"], main=_unterm(d["main"]), others=[_unterm(t) for t in d["others"]],
-                   bias=d["bias"], pool=d["pool"], source=d["source"])
-            for d in payload["layers"]
-        ]
-        output = [_unterm(t) for t in payload["output"]]
-        snn = SpikingNetwork(layers, output, payload["output_scale"], payload["input_shape"],
-                             readout=payload["readout"], info=payload["info"])
-    except (KeyError, TypeError) as exc:
+        net = _network_v1(payload) if version == 1 else Network.from_dict(payload["network"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"{path} is a damaged converted network: {type(exc).__name__}: {exc}") from None
-    for layer in layers:
-        for t in ([layer.main] if layer.main else []) + layer.others:
+    for layer in net.layers:
+        for t in layer.terms():
             if t.weight is not None and not bool(torch.isfinite(t.weight).all()):
                 raise ValueError(f"{path}: layer {layer.name} has non-finite weights")
-    if not math.isfinite(float(snn.output_scale.max())):
+    if not math.isfinite(float(net.output_scale.max())):
         raise ValueError(f"{path}: non-finite output scale")
-    return snn
+    return SpikingNetwork(net)

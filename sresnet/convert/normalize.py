@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ..simulate import RLayer, RTerm
+from ..network import Layer as RLayer, Term as RTerm
 from .trace import Program, Term
 
 
@@ -42,6 +42,8 @@ def _runtime_op(op) -> tuple:
         return ("gap", bool(a.get("keepdim", len(op.out_shape) == 3)))
     if op.kind == "flatten":
         return ("flatten",)
+    if op.kind == "maxpool":
+        return ("maxpool", a["kernel"], a["stride"], a["padding"])
     raise AssertionError(op.kind)
 
 
@@ -118,7 +120,7 @@ def normalize(program: Program, scales: dict, *, shortcut_norm: bool = True) -> 
             else:
                 rterms.append(scale_term(t, lam_in, lam_out, where))
         if len(rterms) == 1 and rterms[0].source == -1:
-            if rterms[0].post:
+            if any(op[0] != "maxpool" for op in rterms[0].post):
                 raise ValueError(f"neuron {layer.name!r}: ops after the first conv/linear on the image are unsupported")
             layers.append(RLayer("stem", layer.name, layer.shape, main=rterms[0]))
             continue

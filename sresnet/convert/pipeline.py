@@ -9,9 +9,11 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from ..simulate import READOUTS, SpikingNetwork
+from ..network import READOUTS
+from ..simulate import SpikingNetwork
 from . import compensate as comp
 from .fold import fold_batchnorm
+from .fuse import pool_analog_stem
 from .normalize import normalize
 from .observe import observe
 from .trace import analyze, trace
@@ -40,6 +42,7 @@ def convert(
     max_values: int = 2 ** 20,
     seed: int = 0,
     progress: bool = False,
+    analog_stem_pool: bool = True,
 ) -> SpikingNetwork:
     """Convert a trained ReLU network (e.g. a ResNet) into a spiking network (S-ResNet).
 
@@ -68,6 +71,9 @@ def convert(
         calib_subset: calibration images used by the compensation simulations.
         max_values: positive activations kept per site for the percentile (see observe).
         seed: seed of the activation subsampling.
+        analog_stem_pool: move a max pool that directly follows the stem neuron in front of it
+            (exact: the stem's current is constant over T, see :mod:`sresnet.convert.fuse`);
+            False keeps a gated spiking max pool there, as the paper does.
         progress: a tqdm bar on stderr over the layers being calibrated (the compensation
             is most of the conversion time: minutes for ResNet-56 on 2 CPU cores).
 
@@ -105,13 +111,14 @@ def convert(
                 raise ValueError(
                     f"the model cannot run on calib_images of shape {tuple(calib_images.shape)}: {first}"
                 ) from exc
+            pooled = pool_analog_stem(program) if analog_stem_pool else 0
             scales = observe(program, calib_images, percentile=percentile, per_channel=per_channel,
                              batch_size=batch_size, max_values=max_values, seed=seed)
             layers, output = normalize(program, scales, shortcut_norm=shortcut_norm)
             snn = SpikingNetwork(layers, output, scales["output"], program.input_shape, readout=readout,
                                  info=dict(percentile=percentile, per_channel=per_channel, shortcut_norm=shortcut_norm,
                                            compensation=compensation if isinstance(compensation, (str, type(None))) else "user",
-                                           folded_batchnorms=folded))
+                                           folded_batchnorms=folded, analog_stem_pools=pooled))
             snn.scales = {k: v.clone() for k, v in scales.items()}
             comp.compensate(snn, program, scales, calib_images, method, compensation,
                             timesteps=calib_timesteps, subset=calib_subset, batch_size=batch_size,

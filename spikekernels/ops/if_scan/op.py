@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ... import _checks, _dispatch
+from . import autograd
 
 IMPLS = {
     "reference": "spikekernels.ops.if_scan.reference.if_scan",
@@ -22,6 +23,8 @@ def if_scan(
     *,
     v_reset: float = 0.0,
     spike_dtype: torch.dtype | None = None,
+    surrogate=None,
+    detach_reset: bool = False,
     backend: str | None = None,
 ):
     """Multi-step integrate-and-fire neuron over a time-major current.
@@ -41,17 +44,31 @@ def if_scan(
         v_reset: membrane after a spike when reset="zero".
         spike_dtype: dtype of the spikes (default x's dtype; torch.uint8 or torch.bool store
             one byte per spike).
+        surrogate: the spike's surrogate derivative for backpropagation: None (default,
+            ``sk.surrogate.Sigmoid(alpha=4)`` as SpikingJelly), "sigmoid", "atan", "triangle"
+            or an instance such as ``sk.surrogate.ATan(alpha=2)``. Forward spikes never change.
+        detach_reset: True treats the spike in the reset as a constant in backpropagation
+            (SpikingJelly's ``detach_reset``); False (default) propagates through it.
         backend: "auto", "reference", "numba" or "triton" for this call (default:
             SPIKEKERNELS_BACKEND, else auto).
 
     Returns:
         spikes ``[T, B, ...]`` of 0/1, and the membrane ``[B, ...]`` when ``return_state``.
 
+    Gradients: when x, a threshold tensor or a v0 tensor requires grad (grad mode on), or
+    under torch.compile, the spikes and membrane carry a grad_fn: backpropagation through
+    time with the surrogate derivative (equations in ops/if_scan/README.md), giving dL/dx,
+    dL/dthreshold and dL/dv0 (v0=None is θ/2, so it feeds dL/dthreshold too). The spike
+    dtype must then be a float dtype. Otherwise the inference kernel runs unchanged.
+
     Example:
         >>> x = torch.rand(8, 2, 4)
         >>> s, v = if_scan(x, threshold=1.0, return_state=True)
         >>> s2, _ = if_scan(x[4:], v0=if_scan(x[:4], return_state=True)[1], return_state=True)
     """
+    if autograd.needed(x, threshold, v0):
+        return autograd.if_scan(x, threshold, v0, reset, return_state, v_reset, spike_dtype, surrogate,
+                                detach_reset, backend)
     _checks.check_tensor(x, "x", min_dim=2)
     reset_zero = _checks.check_reset(reset, v_reset)
     thr = _checks.prepare_threshold(threshold, x)

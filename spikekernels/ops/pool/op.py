@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from ... import _checks, _dispatch
+from ..if_scan.autograd import needed
+from . import train
 from .reference import out_size
 
 AVG_IMPLS = {
@@ -81,6 +83,8 @@ def spike_avg_pool2d(s: torch.Tensor, kernel_size, stride=None, padding=0, *, ba
 
     Returns:
         float32 ``[T, B, C, H', W']`` with ``H' = (H + 2 ph - kh) // sh + 1``.
+        When s requires grad (or under torch.compile) this is ``F.avg_pool2d``, which
+        backpropagates.
 
     Example:
         >>> s = (torch.rand(4, 2, 3, 8, 8) < 0.2).to(torch.uint8)
@@ -89,6 +93,8 @@ def spike_avg_pool2d(s: torch.Tensor, kernel_size, stride=None, padding=0, *, ba
     """
     _check_spikes(s)
     geom, ho, wo = pool_geometry(s, kernel_size, stride, padding)
+    if needed(s):
+        return train.avg_pool(s, geom)
     return _avg(s, geom, ho, wo, "spike_avg_pool2d", backend)
 
 
@@ -100,13 +106,16 @@ def global_avg_pool(s: torch.Tensor, *, backend: str | None = None) -> torch.Ten
         backend: "auto", "reference", "numba" or "triton" for this call.
 
     Returns:
-        float32 ``[T, B, C]``: the window sum divided by ``H * W``.
+        float32 ``[T, B, C]``: the window sum divided by ``H * W`` (differentiable when s
+        requires grad).
 
     Example:
         >>> global_avg_pool(torch.ones(3, 2, 4, 5, 5)).shape
         torch.Size([3, 2, 4])
     """
     _check_spikes(s)
+    if needed(s):
+        return train.global_avg_pool(s)
     H, W = s.shape[-2:]
     out = _avg(s, (H, W, 1, 1, 0, 0), 1, 1, "global_avg_pool", backend)
     return out.view(s.shape[:3])
@@ -140,6 +149,10 @@ def spike_max_pool2d(
     Returns:
         spikes ``[T, B, C, H', W']`` in s's dtype, and the counts when ``return_state``.
 
+    Gradients: when s requires grad (or under torch.compile) the op runs as torch ops; the
+    gradient of each output goes to the input the gate chose at that step (the counts and
+    the choice carry no gradient), as torch's max pool routes it to the argmax.
+
     Example:
         >>> s = (torch.rand(8, 2, 3, 6, 6) < 0.3).float()
         >>> out, cnt = spike_max_pool2d(s[:4], 2, return_state=True)
@@ -159,8 +172,11 @@ def spike_max_pool2d(
         cnt = count.detach().to(torch.float32).contiguous()
         if cnt.data_ptr() == count.data_ptr():
             cnt = cnt.clone()
-        if not bool(torch.isfinite(cnt).all()):
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(cnt).all()):
             raise ValueError("count contains NaN or Inf")
+    if needed(s):
+        out, cnt = train.max_pool(s, cnt, geom, ho, wo)
+        return (out, cnt) if return_state else out
     out = _checks.new_output((T, B, C, ho, wo), s.dtype, s.device)
     impl = _dispatch.resolve("spike_max_pool2d", s.device, MAX_IMPLS, backend)
     o = out.view(torch.uint8) if out.dtype == torch.bool else out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ... import _checks, _dispatch
+from ..if_scan import autograd
 
 IMPLS = {
     "reference": "spikekernels.ops.residual_merge.reference.residual_merge",
@@ -24,6 +25,8 @@ def residual_merge(
     *,
     v_reset: float = 0.0,
     spike_dtype: torch.dtype | None = None,
+    surrogate=None,
+    detach_reset: bool = False,
     backend: str | None = None,
 ):
     """Integrate-and-fire neuron over the sum of a branch current and a scaled shortcut.
@@ -46,11 +49,18 @@ def residual_merge(
         v_reset: membrane after a spike when reset="zero".
         spike_dtype: dtype of the spikes (default current's dtype; uint8 or bool store one
             byte per spike).
+        surrogate, detach_reset: the backward's spike derivative and reset handling, as in
+            :func:`spikekernels.if_scan`.
         backend: "auto", "reference", "numba" or "triton" for this call (default:
             SPIKEKERNELS_BACKEND, else auto).
 
     Returns:
         spikes ``[T, B, C, ...]`` of 0/1, and the membrane ``[B, C, ...]`` when ``return_state``.
+
+    Gradients: when an input, a scale, threshold or v0 tensor requires grad (or under
+    torch.compile) the current ``current + scale * shortcut`` is formed with torch ops in
+    float32 (the same arithmetic as the kernels, so the same spikes) and the neuron runs
+    the training path of :func:`spikekernels.if_scan`.
 
     Example:
         >>> branch = torch.rand(8, 2, 4, 5, 5)
@@ -58,6 +68,7 @@ def residual_merge(
         >>> s = residual_merge(branch, skip, scale=0.8, threshold=1.0)
     """
     _checks.check_tensor(current, "current", min_dim=2, layout="[T, B, C, ...]")
+    train = autograd.needed(current, shortcut, scale, threshold, v0)
     _checks.check_tensor(shortcut, "shortcut", min_dim=2, dtypes=_checks.SPIKE_DTYPES, layout="[T, B, C, ...]")
     if shortcut.shape != current.shape:
         raise ValueError(
@@ -65,6 +76,14 @@ def residual_merge(
             "they must match exactly (pass a constant one as c.expand(T, ...))"
         )
     _checks.same_device("shortcut", shortcut, "current", current)
+    if train:
+        channels = current.shape[2] if current.dim() >= 3 else None
+        sc = autograd.vector(scale, "scale", channels, current.device, positive=False, shape=current.shape)
+        if sc.numel() > 1:
+            sc = sc.view((-1,) + (1,) * (current.dim() - 3))
+        x = current.to(torch.float32) + sc * shortcut.to(torch.float32)
+        return autograd.if_scan(x, threshold, v0, reset, return_state, v_reset,
+                                _checks.check_spike_dtype(spike_dtype, current.dtype), surrogate, detach_reset, backend)
     reset_zero = _checks.check_reset(reset, v_reset)
     thr = _checks.prepare_threshold(threshold, current)
     sc = _checks.channel_vector(scale, "scale", current.shape[2] if current.dim() >= 3 else None, current.device,

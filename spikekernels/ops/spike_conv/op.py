@@ -7,7 +7,8 @@ import math
 import torch
 
 from ... import _checks, _dispatch
-from ..if_scan import if_scan
+from ..if_scan import autograd, if_scan
+from . import train
 
 IMPLS = {
     "reference": "spikekernels.ops.spike_conv.reference.spike_conv2d",
@@ -65,7 +66,8 @@ def _residual(residual, out_shape, device) -> torch.Tensor | None:
 
 
 def _spiking(s, weight4, bias, stride, padding, out_hw, threshold, v0, reset, return_state, neuron,
-             residual, residual_scale, timesteps, v_reset, spike_dtype, backend, op_name):
+             residual, residual_scale, timesteps, v_reset, spike_dtype, backend, op_name, surrogate=None,
+             detach_reset=False):
     """Shared body of spike_conv2d / spike_linear, on the 5-D conv layout [T, B, C, H, W]."""
     T, constant = _time_steps(s, timesteps)
     B, Cout = s.shape[1], weight4.shape[0]
@@ -74,6 +76,10 @@ def _spiking(s, weight4, bias, stride, padding, out_hw, threshold, v0, reset, re
         raise TypeError(f"neuron must be a bool, got {type(neuron).__name__}")
     if return_state and not neuron:
         raise ValueError("return_state=True needs neuron=True (without the neuron there is no membrane)")
+    if autograd.needed(s, weight4, bias, threshold, v0, residual, residual_scale):
+        return train.spiking(s, weight4, bias, stride, padding, out_hw, T, constant, threshold, v0, reset,
+                             return_state, neuron, residual, residual_scale, v_reset, spike_dtype, surrogate,
+                             detach_reset, backend)
     reset_zero = _checks.check_reset(reset, v_reset)
     thr = _checks.channel_vector(threshold, "threshold", Cout, device, positive=True)
     res_scale = _checks.channel_vector(residual_scale, "residual_scale", Cout, device, positive=False)
@@ -132,6 +138,8 @@ def spike_conv2d(
     timesteps: int | None = None,
     v_reset: float = 0.0,
     spike_dtype: torch.dtype | None = None,
+    surrogate=None,
+    detach_reset: bool = False,
     backend: str | None = None,
 ):
     """2-D convolution of a spike train fused with the integrate-and-fire neuron.
@@ -164,8 +172,16 @@ def spike_conv2d(
         timesteps: T for a ``[1, B, ...]`` constant input (None: ``s.shape[0]``).
         v_reset: membrane after a spike when reset="zero".
         spike_dtype: dtype of the spikes (default ``s.dtype``; uint8/bool store one byte).
+        surrogate, detach_reset: the backward's spike derivative and reset handling, as in
+            :func:`spikekernels.if_scan`.
         backend: "auto", "reference", "numba" or "triton" for this call (default:
             SPIKEKERNELS_BACKEND, else auto).
+
+    Gradients: when s, weight, bias, residual or a threshold / residual_scale / v0 tensor
+    requires grad (or under torch.compile), the current is computed with ``F.conv2d`` in
+    float32 (torch's conv backward gives the input, weight and bias gradients) and the
+    neuron runs the surrogate-gradient path of :func:`spikekernels.if_scan`. Spikes are then
+    s's dtype when it is a float dtype, else float32.
 
     Returns:
         spikes ``[T, B, Cout, H', W']`` (or the currents when ``neuron=False``), and the final
@@ -193,7 +209,8 @@ def spike_conv2d(
             f"(input {H}x{W}, padding {(ph, pw)})"
         )
     return _spiking(s, weight, bias, (sh, sw), (ph, pw), (Ho, Wo), threshold, v0, reset, return_state,
-                    neuron, residual, residual_scale, timesteps, v_reset, spike_dtype, backend, "spike_conv2d")
+                    neuron, residual, residual_scale, timesteps, v_reset, spike_dtype, backend, "spike_conv2d",
+                    surrogate, detach_reset)
 
 
 def spike_linear(
@@ -211,6 +228,8 @@ def spike_linear(
     timesteps: int | None = None,
     v_reset: float = 0.0,
     spike_dtype: torch.dtype | None = None,
+    surrogate=None,
+    detach_reset: bool = False,
     backend: str | None = None,
 ):
     """Fully connected layer on a spike train fused with the integrate-and-fire neuron.
@@ -224,7 +243,8 @@ def spike_linear(
         weight: ``[Fout, Fin]`` float; bias: ``[Fout]`` or None.
         threshold: a positive number or ``[Fout]``.
         v0: None for θ/2, a number, or a tensor broadcastable to ``[B, Fout]``.
-        reset, return_state, v_reset, spike_dtype, backend: as in :func:`spike_conv2d`.
+        reset, return_state, v_reset, spike_dtype, surrogate, detach_reset, backend: as in
+            :func:`spike_conv2d` (gradients likewise).
         neuron: False returns the float32 currents ``[T, B, Fout]``.
         residual: None or ``[T, B, Fout]`` added with ``residual_scale`` (number or ``[Fout]``).
         timesteps: T for a ``[1, B, Fin]`` constant input.
@@ -256,7 +276,7 @@ def spike_linear(
             ) from None
     result = _spiking(s[..., None, None], weight[..., None, None], bias, (1, 1), (0, 0), (1, 1), threshold,
                       v0, reset, return_state, neuron, residual, residual_scale, timesteps, v_reset,
-                      spike_dtype, backend, "spike_linear")
+                      spike_dtype, backend, "spike_linear", surrogate, detach_reset)
     if return_state:
         return result[0].flatten(2), result[1].flatten(1)
     return result.flatten(2)

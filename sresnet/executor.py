@@ -1,0 +1,319 @@
+"""Running a :class:`sresnet.network.Network`: timestep-batched, chunked simulation.
+
+Each layer runs once per *chunk* of time steps on the whole ``[Tc, B, ...]`` block (the
+linear op on the ``Tc·B`` batch, the neuron scanning Tc inside a spikekernels kernel),
+carrying its membrane (or max-pool counts) to the next chunk. Spikes between layers are
+uint8. A layer's output is dropped as soon as its last reader has run, so memory is
+bounded by the chunk, not by T; only the ``[T, B, classes]`` per-step readout grows with T.
+
+The executor holds no parameters: everything it computes comes from the description, so
+the same description runs on any backend, in chunks of any size, with the same result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import spikekernels as sk
+
+from .network import Layer, Network, Term
+
+# target size of the largest intermediate of one chunk (larger tensors are fresh mmaps on
+# glibc and page-fault on each allocation, see DESIGN.md)
+CHUNK_BYTES = 32 * 2 ** 20
+
+
+def apply_op(op: tuple, x: torch.Tensor, backend=None) -> torch.Tensor:
+    """A parameter-free op of a term on a time-major tensor ``[T, B, C, H, W]`` (or ``[T, B, F]``)."""
+    kind = op[0]
+    if kind == "subsample":
+        return x[:, :, :, :: op[1], :: op[1]]
+    if kind == "chanpad":
+        return F.pad(x, (0, 0, 0, 0, op[1], op[2]))
+    if kind == "pad":
+        # zero padding (left, right, top, bottom) of the spatial dims
+        return F.pad(x, tuple(op[1]))
+    if kind == "avgpool":
+        return sk.spike_avg_pool2d(x, op[1], op[2], op[3], backend=backend)
+    if kind == "gap":
+        y = sk.global_avg_pool(x, backend=backend)
+        return y[..., None, None] if op[1] else y
+    if kind == "flatten":
+        return x.reshape(x.shape[0], x.shape[1], -1)
+    if kind == "maxpool":
+        # max pooling of an analog current (the stem's, constant over T; see convert/fuse.py)
+        y = F.max_pool2d(x.flatten(0, 1), op[1], op[2], op[3])
+        return y.reshape(x.shape[0], x.shape[1], *y.shape[1:])
+    raise ValueError(f"unknown op {kind!r} in a network description")
+
+
+def count_spikes(s: torch.Tensor):
+    """Nonzero entries of a spike tensor; numpy's count on CPU is about 3x torch's."""
+    if s.device.type == "cpu":
+        return int(np.count_nonzero(s.detach().numpy()))
+    return torch.count_nonzero(s)
+
+
+def squash(v: torch.Tensor) -> torch.Tensor:
+    """Monotone map of the membrane into (0, 1) for tie-breaking spike counts. Plain
+    arithmetic (no exp), so SIMD and scalar code paths round it identically."""
+    return 0.5 + 0.5 * v / (1.0 + v.abs())
+
+
+def channel_view(v, x: torch.Tensor):
+    """A per-channel vector ``[C]`` shaped to broadcast over ``x`` ``[T, B, C, ...]``."""
+    if not isinstance(v, torch.Tensor) or not v.dim():
+        return v
+    return v.view(-1, *([1] * (x.dim() - 3)))
+
+
+def _conv_out(n: int, k: int, s: int, p: int) -> int:
+    return (n + 2 * p - k) // s + 1
+
+
+def default_chunk(net: Network, batch: int, hw: tuple) -> int:
+    """Time steps per chunk so that the largest float32 intermediate stays near 32 MiB."""
+    area = hw[0] * hw[1] / max(1, net.input_shape[1] * net.input_shape[2])
+    widest = max([l.neurons for l in net.layers] + [1]) * max(area, 1e-9)
+    return max(1, int(CHUNK_BYTES // (4 * batch * widest)))
+
+
+class Executor:
+    """Runs a :class:`Network` on one backend ("auto", "reference", "numba", "triton" or None).
+
+    With ``train=True`` spikes between layers are float32 (uint8 otherwise) and every neuron
+    takes the surrogate-gradient path of spikekernels when its inputs require grad, so a loss
+    on the readout backpropagates through time to the description's tensors
+    (``surrogate``/``detach_reset`` as in :func:`spikekernels.if_scan`).
+    """
+
+    def __init__(self, net: Network, backend: str | None = None, *, train: bool = False, surrogate=None,
+                 detach_reset: bool = False):
+        self.net, self.backend = net, backend
+        self.spike_dtype = torch.float32 if train else torch.uint8
+        self.grad_kw = dict(surrogate=surrogate, detach_reset=detach_reset) if train else {}
+
+    def term(self, term: Term, outs: list, exact: bool = False) -> torch.Tensor:
+        """The current of one term ``[T, B, ...]`` float32 from the spikes ``outs``."""
+        x = outs[term.source]
+        for op in term.pre:
+            x = apply_op(op, x, self.backend)
+        if exact and term.kind in ("conv", "linear"):
+            # the readout: computed in float64 and rounded once, so its float32 value does not
+            # depend on how many steps are batched together (a float32 matmul's rounding can
+            # depend on its row count); chunked and unchunked runs then agree bit for bit
+            w, b = term.weight.double(), None if term.bias is None else term.bias.double()
+            T, B = x.shape[:2]
+            x = x.reshape(T * B, *x.shape[2:]).double()
+            x = F.conv2d(x, w, b, term.stride, term.padding) if term.kind == "conv" else F.linear(x, w, b)
+            x = x.float().reshape(T, B, *x.shape[1:])
+        elif term.kind == "conv":
+            x = sk.spike_conv2d(x, term.weight, term.bias, term.stride, term.padding, neuron=False, backend=self.backend)
+        elif term.kind == "linear":
+            x = sk.spike_linear(x, term.weight, term.bias, neuron=False, backend=self.backend)
+        for op in term.post:
+            x = apply_op(op, x, self.backend)
+        if term.kind is None:
+            x = x.float()
+            if term.scale is not None:
+                x = x * channel_view(term.scale, x)
+        return x
+
+    def currents(self, terms: list, outs: list, exact: bool = False) -> torch.Tensor:
+        total = None
+        for t in terms:
+            c = self.term(t, outs, exact)
+            total = c if total is None else total + c
+        return total
+
+    def stem_currents(self, images: torch.Tensor) -> dict:
+        """The analog image's conv, computed once per run: ``{layer index: [1, B, C, H, W]}``."""
+        out = {}
+        for i, layer in enumerate(self.net.layers):
+            if layer.kind == "stem":
+                t = layer.main
+                x = images[None]
+                for op in t.pre:
+                    x = apply_op(op, x, self.backend)
+                if t.kind == "conv":
+                    c = sk.spike_conv2d(x, t.weight, t.bias, t.stride, t.padding, neuron=False, backend=self.backend)
+                else:
+                    c = sk.spike_linear(x, t.weight, t.bias, neuron=False, backend=self.backend)
+                for op in t.post:
+                    c = apply_op(op, c, self.backend)
+                out[i] = c
+        return out
+
+    def run_layer(self, i: int, outs: list, steps: int, state, stem_current=None, t0: int = 0):
+        """Run layer ``i`` for ``steps`` steps (global steps ``t0 ..``) on the outputs ``outs`` of earlier layers.
+
+        Returns ``(spikes [steps, B, ...] uint8, state)``; ``state`` None means the start
+        (the neuron's v0; zero counts for a max pool).
+        """
+        layer = self.net.layers[i]
+        be = self.backend
+        if layer.kind == "maxpool":
+            p = layer.pool
+            return sk.spike_max_pool2d(outs[layer.source], p["kernel"], p["stride"], p["padding"], count=state,
+                                       return_state=True, backend=be)
+        nrn = layer.neuron
+        v0 = state if state is not None else nrn.v0
+        kw = dict(return_state=True, spike_dtype=self.spike_dtype, backend=be, **self.grad_kw)
+        rows = nrn.bias_rows(t0, steps)
+        if layer.kind == "stem":
+            cur = stem_current.expand(steps, *stem_current.shape[1:])
+            if rows is not None:
+                cur = cur + rows.view(steps, 1, -1, *([1] * (cur.dim() - 3)))
+            return sk.if_scan(cur, nrn.threshold, v0, nrn.reset, **kw)
+        main = layer.main
+        if main is None:
+            cur = self.currents(layer.others, outs)
+            if layer.bias is not None:
+                cur = cur + channel_view(layer.bias, cur)
+            if rows is not None:
+                cur = cur + rows.view(steps, 1, -1, *([1] * (cur.dim() - 3)))
+            return sk.if_scan(cur, nrn.threshold, v0, nrn.reset, **kw)
+        x = outs[main.source]
+        for op in main.pre:
+            x = apply_op(op, x, be)
+        residual, rscale = None, 1.0
+        if layer.residual_spikes and rows is None:
+            other = layer.others[0]
+            residual = outs[other.source]
+            for op in other.pre:
+                residual = apply_op(op, residual, be)
+            rscale = other.scale if other.scale is not None else 1.0
+        elif layer.others:
+            residual = self.currents(layer.others, outs)
+        if rows is not None:
+            if main.kind == "conv":
+                kh, kw_ = main.weight.shape[2:]
+                out_shape = (steps, x.shape[1], main.weight.shape[0],
+                             _conv_out(x.shape[3], kh, main.stride[0], main.padding[0]),
+                             _conv_out(x.shape[4], kw_, main.stride[1], main.padding[1]))
+            else:
+                out_shape = (steps, x.shape[1], main.weight.shape[0])
+            extra = rows.view(steps, 1, -1, *([1] * (len(out_shape) - 3)))
+            residual = extra.expand(out_shape) if residual is None else residual + extra
+        kw.update(threshold=nrn.threshold, v0=v0, reset=nrn.reset, residual=residual, residual_scale=rscale)
+        if main.kind == "conv":
+            return sk.spike_conv2d(x, main.weight, main.bias, main.stride, main.padding, **kw)
+        return sk.spike_linear(x, main.weight, main.bias, **kw)
+
+    def simulate(self, images: torch.Tensor, T: int, per_step: bool = False, chunk: int | None = None,
+                 record_maps: bool = False):
+        """Simulate ``T`` steps; returns ``(scores, stats)`` (see :meth:`SpikingNetwork.forward`)."""
+        net = self.net
+        B = images.shape[0]
+        chunk = min(T, chunk or default_chunk(net, B, tuple(images.shape[2:])))
+        n = len(net.layers)
+        dev = images.device
+        states = [None] * n
+        counts = torch.zeros(n, dtype=torch.int64, device=dev)
+        neurons = [0] * n
+        stems = self.stem_currents(images)
+        lam = net.output_scale
+        readout = net.readout
+        spikes_readout = readout.kind == "spikes"
+        acc = v_out = cnt_out = None
+        # prefix sums of the output current (and of output spikes) after every step: the
+        # delayed readout of T' steps is (S[T'] - S[d]) / (T' - d)
+        prefix = cprefix = None
+        maps = {i: torch.zeros(l.shape, dtype=torch.float64) for i, l in enumerate(net.layers)} if record_maps else None
+        for t0 in range(0, T, chunk):
+            steps = min(chunk, T - t0)
+            outs: list = [None] * n
+            for i in range(n):
+                outs[i], states[i] = self.run_layer(i, outs, steps, states[i], stems.get(i), t0)
+                counts[i] += count_spikes(outs[i])
+                if t0 == 0:
+                    neurons[i] = outs[i][0, 0].numel()
+                if maps is not None:
+                    m = outs[i].detach().sum((0, 1), dtype=torch.float64).cpu()
+                    if m.shape != maps[i].shape:
+                        maps[i] = torch.zeros(m.shape, dtype=torch.float64)
+                    maps[i] += m
+                for j in net.free_after[i]:
+                    outs[j] = None
+            cur = self.currents(net.output, outs, exact=True)
+            del outs
+            if prefix is None:
+                prefix = torch.empty((T,) + tuple(cur.shape[1:]), dtype=torch.float32, device=dev)
+            # a sequential running sum ([B, classes] per step, cheap): the additions happen in the
+            # same order for any chunking, so chunked and unchunked runs agree bit for bit
+            for k in range(steps):
+                acc = cur[k].clone() if acc is None else acc + cur[k]
+                prefix[t0 + k] = acc
+            if spikes_readout:
+                s, v_out = sk.if_scan(cur, 1.0, v_out, return_state=True, backend=self.backend, **self.grad_kw)
+                ccount = torch.cumsum(s, 0)
+                if cnt_out is not None:
+                    ccount += cnt_out
+                cnt_out = ccount[-1].clone()
+                if cprefix is None:
+                    cprefix = torch.empty_like(prefix)
+                cprefix[t0 : t0 + steps] = ccount
+        scores = self._read(prefix, cprefix, v_out, T, per_step, lam)
+        stats = {
+            "spikes": {l.name: int(c) for l, c in zip(net.layers, counts.tolist()) if l.kind != "maxpool"},
+            "neurons": {l.name: neurons[i] for i, l in enumerate(net.layers) if l.kind != "maxpool"},
+            "timesteps": T,
+            "batch": B,
+        }
+        if maps is not None:
+            stats["maps"] = maps
+        return scores, stats
+
+    def _read(self, prefix, cprefix, v_out, T: int, per_step: bool, lam) -> torch.Tensor:
+        """Readout after every step ``[T, B, K]`` (per_step) or after the last ``[B, K]``."""
+        readout = self.net.readout
+        dev = prefix.device
+        ts = torch.arange(1, T + 1, device=dev) if per_step else torch.tensor([T], device=dev)
+        d = torch.tensor([readout.delay_for(int(t)) for t in ts.tolist()], device=dev)
+        end = prefix[ts - 1]
+        start = torch.where((d > 0).view(-1, 1, 1), prefix[(d - 1).clamp_min(0)], torch.zeros_like(end))
+        span = (ts - d).to(torch.float32).view(-1, 1, 1)
+        if readout.kind == "membrane":
+            scores = (end - start) / span * lam
+        else:
+            cend = cprefix[ts - 1]
+            cstart = torch.where((d > 0).view(-1, 1, 1), cprefix[(d - 1).clamp_min(0)], torch.zeros_like(cend))
+            # subtract reset with θ = 1 from v0 = 1/2: v_t = 1/2 + Σ current − Σ spikes
+            v = v_out[None] if not per_step else 0.5 + end - cend
+            scores = (cend - cstart + squash(v)) / span * lam
+        return scores if per_step else scores[0]
+
+    def analog(self, images: torch.Tensor, clip: bool = False) -> torch.Tensor:
+        """The description run with ReLU (``clip``: clamp to [0, 1]) in place of IF neurons.
+
+        A neuron of threshold θ passes relu(x)/θ (clip: clamp(x/θ, 0, 1)); the start membrane
+        and the bias schedule are not part of this view (they act on the spike timing).
+        Returns the readout ``[B, classes]`` times λ_out.
+        """
+        net = self.net
+        acts: list = [None] * len(net.layers)
+        stems = self.stem_currents(images.float())
+        for i, layer in enumerate(net.layers):
+            if layer.kind == "maxpool":
+                p = layer.pool
+                y = F.max_pool2d(acts[layer.source][0], p["kernel"], p["stride"], p["padding"])[None]
+            else:
+                cur = stems[i] if layer.kind == "stem" else self.currents(layer.terms(), acts)
+                if layer.bias is not None:
+                    cur = cur + channel_view(layer.bias, cur)
+                thr = layer.neuron.threshold
+                if isinstance(thr, torch.Tensor) or thr != 1.0:
+                    cur = cur / channel_view(torch.as_tensor(thr, dtype=torch.float32), cur)
+                y = cur.clamp(0, 1) if clip else cur.clamp_min(0)
+            acts[i] = y
+        return self.currents(net.output, acts)[0] * net.output_scale
+
+
+def layer_of(net: Network, name: str) -> Layer:
+    """The layer of ``net`` that replaced the ReLU call site ``name``."""
+    for layer in net.layers:
+        if layer.name == name:
+            return layer
+    raise KeyError(f"no layer named {name!r}; layers: {[l.name for l in net.layers]}")
