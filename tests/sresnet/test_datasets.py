@@ -221,3 +221,21 @@ def test_npy_is_not_npz(tmp_path):
     (tmp_path / "x.npy").rename(tmp_path / "x.npz")
     with pytest.raises(ValueError, match="one array, not an .npz archive"):
         NpzImages(tmp_path / "x.npz")
+
+
+def test_cifar100_folder(tmp_path):
+    import pickle
+
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("test", 5), ("train", 7)):
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"fine_labels": [int(v) for v in rng.integers(0, 100, n)], b"coarse_labels": [0] * n}
+        (root / name).write_bytes(pickle.dumps(batch, protocol=2))
+    test, calib = open_dataset(tmp_path, "test"), open_dataset(default_calibration(tmp_path), "calib")
+    assert (test.kind, len(test), len(calib)) == ("cifar", 5, 7)
+    assert test.source.endswith("test") and calib.source.endswith("train")
+    raw = pickle.loads((root / "test").read_bytes())
+    assert [test[i][1] for i in range(5)] == raw[b"fine_labels"]
+    assert torch.equal(test[2][0], torch.from_numpy(raw[b"data"][2].reshape(3, 32, 32)).float() / 255)
