@@ -22,6 +22,7 @@ from .datasets import Transformed, default_calibration, limit_batches, make_load
 from .metrics import cost_from_maps
 from .models import load_checkpoint
 from .preprocess import Preprocess, make_preprocess
+from .distributed import shard_from, shard_range
 from .simulate import SpikingNetwork, firing_rate
 
 
@@ -45,7 +46,7 @@ def _topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tens
 
 def evaluate_snn(ann: nn.Module, snn: SpikingNetwork, data, labels: torch.Tensor | Sequence[int] | None = None,
                  timesteps: Sequence[int] | None = None, *, batch_size: int = 32, backend: str | None = None,
-                 progress: bool = False, cost: bool = False, limit: int | None = None) -> dict:
+                 progress: bool = False, cost: bool = False, limit: int | None = None, process_group=None) -> dict:
     """ANN accuracy and SNN accuracy at every T in ``timesteps`` (one per-step run to max T), streamed.
 
     Two call forms: ``evaluate_snn(ann, snn, images, labels, timesteps)`` with tensors, or
@@ -68,18 +69,23 @@ def evaluate_snn(ann: nn.Module, snn: SpikingNetwork, data, labels: torch.Tensor
         cost: also count synaptic operations and energy over the same run (spike-count
             maps recorded per batch, see :func:`sresnet.network_cost`), under ``"cost"``.
         limit: stop after this many images (None: all).
+        process_group: an initialized ``torch.distributed`` group (default: the default group
+            when one is initialized, e.g. under torchrun; else one process). Each rank evaluates
+            a disjoint share (a contiguous block of an images tensor or of a DataLoader's
+            map-style dataset, else every world-th batch), nothing padded or repeated; the
+            counts are summed over ranks, so every rank returns the numbers one process would.
 
     Returns:
         dict with ann_accuracy, snn_accuracy {str(T): fraction}, ann_top5, snn_top5 {str(T):
         fraction with the label among the 5 highest scores}, agreement {str(T): fraction of
-        images where SNN and ANN predict the same class}, firing_rate (mean over all neurons,
+        images where SNN and ANN predict the same class}, world_size, firing_rate (mean over all neurons,
         steps and images), firing_rate_per_layer, images_per_second {"ann", "snn"} (snn:
         simulating max T), num_images, num_classes (outputs of the network), neurons_per_image, and with ``cost`` the dict of
         :func:`sresnet.network_cost` for all the images at max T.
 
     Raises:
         ValueError: bad timesteps, images and labels of different lengths, a label outside
-            the network's outputs, or no images.
+            the network's outputs, no images, or more processes than images.
         TypeError: labels given with batches (they come inside the batches).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -108,6 +114,10 @@ def evaluate_snn(ann: nn.Module, snn: SpikingNetwork, data, labels: torch.Tensor
     ts = _check_timesteps(list(timesteps))
     if limit is not None:
         total = limit if total is None else min(total, limit)
+    shard = shard_from(process_group)
+    if shard.active:
+        batches, total = _shard_batches(data, labels, batches, total, limit, batch_size, shard)
+        limit = None
     T = ts[-1]
     idx = torch.tensor([t - 1 for t in ts])
     n = ann_correct = ann_top5 = 0
@@ -116,7 +126,7 @@ def evaluate_snn(ann: nn.Module, snn: SpikingNetwork, data, labels: torch.Tensor
     neurons: dict[str, int] = {}
     ann_time = snn_time = 0.0
     maps: dict[int, torch.Tensor] | None = None
-    in_shape = None
+    in_shape = num_classes = None
     # loaders yield CPU batches: they go where the network's weights are
     device = next((p.device for p in ann.parameters()), torch.device("cpu"))
     bar = tqdm(total=total, desc=f"SNN T={T}", unit="img", disable=not progress, leave=False)
@@ -165,6 +175,28 @@ def evaluate_snn(ann: nn.Module, snn: SpikingNetwork, data, labels: torch.Tensor
     finally:
         ann.train(was_training)
         bar.close()
+    if shard.active:
+        # integer counts: the sums are exact whatever the number of processes
+        merged = shard.sum({"n": n, "ann_correct": ann_correct, "ann_top5": ann_top5,
+                            "correct": torch.tensor([correct[t] for t in ts]),
+                            "top5": torch.tensor([top5[t] for t in ts]), "agree": torch.tensor([agree[t] for t in ts])})
+        n, ann_correct, ann_top5 = merged["n"], merged["ann_correct"], merged["ann_top5"]
+        correct, top5, agree = ({t: int(merged[key][k]) for k, t in enumerate(ts)} for key in ("correct", "top5", "agree"))
+        parts = shard.gather((spikes, neurons, num_classes, in_shape, maps, ann_time, snn_time))
+        spikes = {}
+        for sp, *_ in parts:
+            for k, c in sp.items():
+                spikes[k] = spikes.get(k, 0) + c
+        neurons = next((p[1] for p in parts if p[1]), neurons)
+        num_classes = next((p[2] for p in parts if p[2] is not None), None)
+        in_shape = next((p[3] for p in parts if p[3] is not None), None)
+        if cost:
+            maps = None
+            for p in parts:
+                if p[4] is not None:
+                    maps = {k: v.clone() for k, v in p[4].items()} if maps is None else {k: maps[k] + v for k, v in p[4].items()}
+        # the job's wall time is that of its slowest rank
+        ann_time, snn_time = max(p[5] for p in parts), max(p[6] for p in parts)
     if n == 0:
         raise ValueError("no images to evaluate: the data yielded no batches")
     result = {
@@ -177,12 +209,35 @@ def evaluate_snn(ann: nn.Module, snn: SpikingNetwork, data, labels: torch.Tensor
         "firing_rate_per_layer": {k: spikes[k] / (neurons[k] * T * n) for k in neurons},
         "images_per_second": {"ann": n / max(ann_time, 1e-9), "snn": n / max(snn_time, 1e-9)},
         "num_images": n,
+        "world_size": shard.world,
         "num_classes": num_classes,
         "neurons_per_image": sum(neurons.values()),
     }
     if cost:
         result["cost"] = cost_from_maps(snn, maps, n, in_shape, T)
     return result
+
+
+def _shard_batches(data, labels, batches, total, limit, batch_size: int, shard):
+    """This rank's share of the evaluation data and the global image count (None if unknown)."""
+    if total is not None and total < shard.world:
+        raise ValueError(f"{shard.world} processes for {total} images: run at most one process per image "
+                         "(fewer --nproc-per-node, or more images)")
+    if isinstance(data, torch.Tensor):
+        keep = shard_range(total, shard)
+        return _tensor_batches(data[keep.start : keep.stop], labels[keep.start : keep.stop], batch_size), total
+    if isinstance(data, torch.utils.data.DataLoader) and not isinstance(data.dataset, torch.utils.data.IterableDataset) \
+            and isinstance(data.batch_sampler, torch.utils.data.BatchSampler) \
+            and isinstance(data.sampler, torch.utils.data.SequentialSampler):
+        n = len(data.dataset) if limit is None else min(limit, len(data.dataset))
+        keep = shard_range(n, shard)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(data.dataset, keep), batch_size=data.batch_size, shuffle=False,
+            num_workers=data.num_workers, collate_fn=data.collate_fn, worker_init_fn=data.worker_init_fn,
+            drop_last=data.drop_last)
+        return loader, n
+    # any other iterable: every rank reads it, each keeps every world-th batch
+    return (b for i, b in enumerate(limit_batches(batches, limit)) if shard.owns(i)), total
 
 
 def _resolve_preprocess(preprocess) -> Preprocess:

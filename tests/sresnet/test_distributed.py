@@ -44,3 +44,14 @@ def test_scales_bit_identical_on_two_processes(tmp_path, percentile, per_channel
     ranks = launch(2, "scales", tmp_path, **kw)
     for r in ranks:
         _same(single, r)
+
+
+@pytest.mark.parametrize("form", ["tensor", "loader", "batches"])
+def test_evaluation_numbers_identical_on_two_processes(tmp_path, form):
+    # 13 test images: not divisible by the world size; the cost maps are summed exactly too
+    kw = dict(kind="tiny_A_functional", n_calib=16, n_test=13, form=form, timesteps=[2, 5])
+    single = _dist_tasks.evaluation(**kw)
+    assert single["world_size"] == 1 and single["num_images"] == 13
+    for r in launch(2, "evaluation", tmp_path, **kw):
+        assert r.pop("world_size") == 2
+        _same({k: v for k, v in single.items() if k != "world_size"}, r)
