@@ -47,15 +47,24 @@ def _forward_kernel(x, T, thr, inner, v, out, h, reset_zero, v_reset):
 
 
 @numba.njit(inline="always")
-def surrogate_grad(kind, alpha, u):
-    """g'(u) of spikekernels.surrogate: 0 sigmoid, 1 atan, 2 triangle (float32 math)."""
+def _surrogate_grads(kind, alpha, h, th, sg):
+    """sg[i] = g'(h[i] - th[i]) of spikekernels.surrogate: 0 sigmoid, 1 atan, 2 triangle.
+
+    One loop per kind, so the branch is taken once per block and step, not per neuron.
+    """
+    one = np.float32(1.0)
     if kind == 0:
-        sg = np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-alpha * u)))
-        return alpha * sg * (np.float32(1.0) - sg)
-    if kind == 1:
-        au = np.float32(math.pi / 2) * alpha * u
-        return alpha * np.float32(0.5) / (np.float32(1.0) + au * au)
-    return max(np.float32(0.0), alpha - alpha * alpha * abs(u))
+        for i in range(h.shape[0]):
+            e = one / (one + np.float32(math.exp(-alpha * (h[i] - th[i]))))
+            sg[i] = alpha * e * (one - e)
+    elif kind == 1:
+        c = np.float32(math.pi / 2) * alpha
+        for i in range(h.shape[0]):
+            au = c * (h[i] - th[i])
+            sg[i] = alpha * np.float32(0.5) / (one + au * au)
+    else:
+        for i in range(h.shape[0]):
+            sg[i] = max(np.float32(0.0), alpha - alpha * alpha * abs(h[i] - th[i]))
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
@@ -66,40 +75,53 @@ def _backward_kernel(grad_s, grad_v, h, thr, inner, reset_zero, v_reset, kind, a
     vr = np.float32(v_reset)
     a = np.float32(alpha)
     one = np.float32(1.0)
+    zero = np.float32(0.0)
     nblk = (n + BLOCK - 1) // BLOCK
     for b in numba.prange(nblk):
         lo = b * BLOCK
         hi = min(lo + BLOCK, n)
-        th = np.empty(hi - lo, np.float32)
+        m = hi - lo
+        th = np.empty(m, np.float32)
         for i in range(lo, hi):
             th[i - lo] = thr[(i // inner) % n_chan]
         gv = grad_v[lo:hi].copy()
-        gth = np.zeros(hi - lo, np.float32)
+        gth = np.zeros(m, np.float32)
+        sg = np.empty(m, np.float32)
         for t in range(T - 1, -1, -1):
             htb = h[t, lo:hi]
             gsb = grad_s[t, lo:hi]
             gxb = grad_x[t, lo:hi]
-            for i in range(hi - lo):
-                ht = htb[i]
-                u = ht - th[i]
-                sg = surrogate_grad(kind, a, u)
-                s = one if u >= 0 else np.float32(0.0)
-                if reset_zero:
-                    dvdh = one - s
-                    dvdth = np.float32(0.0)
-                    if not detach_reset:
-                        dvdh = dvdh + (vr - ht) * sg
-                        dvdth = (ht - vr) * sg
-                else:
-                    dvdh = one
-                    dvdth = -s
-                    if not detach_reset:
-                        dvdh = dvdh - th[i] * sg
-                        dvdth = dvdth + th[i] * sg
-                gh = gsb[i] * sg + gv[i] * dvdh
-                gth[i] += gv[i] * dvdth - gsb[i] * sg
-                gxb[i] = gh
-                gv[i] = gh
+            _surrogate_grads(kind, a, htb, th, sg)
+            # the reset variant is chosen once per block and step; each loop is branch-light
+            if reset_zero and detach_reset:
+                for i in range(m):
+                    s = one if htb[i] >= th[i] else zero
+                    gh = gsb[i] * sg[i] + gv[i] * (one - s)
+                    gth[i] -= gsb[i] * sg[i]
+                    gxb[i] = gh
+                    gv[i] = gh
+            elif reset_zero:
+                for i in range(m):
+                    ht = htb[i]
+                    s = one if ht >= th[i] else zero
+                    gh = gsb[i] * sg[i] + gv[i] * (one - s + (vr - ht) * sg[i])
+                    gth[i] += gv[i] * ((ht - vr) * sg[i]) - gsb[i] * sg[i]
+                    gxb[i] = gh
+                    gv[i] = gh
+            elif detach_reset:
+                for i in range(m):
+                    s = one if htb[i] >= th[i] else zero
+                    gh = gsb[i] * sg[i] + gv[i]
+                    gth[i] += gv[i] * (-s) - gsb[i] * sg[i]
+                    gxb[i] = gh
+                    gv[i] = gh
+            else:
+                for i in range(m):
+                    s = one if htb[i] >= th[i] else zero
+                    gh = gsb[i] * sg[i] + gv[i] * (one - th[i] * sg[i])
+                    gth[i] += gv[i] * (th[i] * sg[i] - s) - gsb[i] * sg[i]
+                    gxb[i] = gh
+                    gv[i] = gh
         grad_thr[lo:hi] = gth
         grad_v0[lo:hi] = gv
 
