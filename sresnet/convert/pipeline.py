@@ -185,7 +185,8 @@ def convert(
         snn = SpikingNetwork(layers, output, scales["output"], program.input_shape, readout=readout,
                              info=dict(percentile=percentile, per_channel=per_channel, shortcut_norm=shortcut_norm,
                                        compensation=compensation if isinstance(compensation, (str, type(None))) else "user",
-                                       folded_batchnorms=folded, analog_stem_pools=pooled))
+                                       folded_batchnorms=folded, analog_stem_pools=pooled,
+                                       size_specific=list(program.size_specific)))
         snn.scales = {k: v.clone() for k, v in scales.items()}
         comp.compensate(snn, program, scales, calib_images, method, compensation,
                         timesteps=calib_timesteps, subset=calib_subset, batch_size=batch_size,

@@ -87,6 +87,8 @@ class Program:
     output_shape: tuple
     input_shape: tuple
     graph_module: fx.GraphModule
+    # ops whose geometry was fixed for the conversion's image size (e.g. adaptive pooling to 2x2)
+    size_specific: list = field(default_factory=list)
 
 
 def describe(node: fx.Node, position: int) -> str:
@@ -132,6 +134,7 @@ class Analyzer(fx.Interpreter):
         self.output_terms: list | None = None
         self.output_shape: tuple = ()
         self.relu_sites: list[str] = []
+        self.size_specific: list[str] = []
         self.positions = {n.name: i for i, n in enumerate(gm.graph.nodes)}
 
     def _fail(self, node: fx.Node, what: str, exc_type=ValueError):
@@ -365,7 +368,10 @@ class Analyzer(fx.Interpreter):
                           "counts the padding)")
         src = self._arg_sym(n, x)
         op_ = Op("avgpool", n.name, dict(kernel=k, stride=s, padding=p), None, shape_in, shape_out)
-        if p == (0, 0) and k == tuple(shape_in[1:]) and shape_out[1:] == (1, 1):
+        # a kernel computed from the map (F.avg_pool2d(x, x.size()[3])) follows the image size: a
+        # global average pool; a constant kernel stays a constant window at every image size
+        dynamic = _has_node(n.args[1:]) or _has_node(n.kwargs)
+        if dynamic and p == (0, 0) and k == tuple(shape_in[1:]) and shape_out[1:] == (1, 1):
             op_ = Op("gap", n.name, dict(keepdim=True), None, shape_in, shape_out)
         return self._apply(n, src, op_)
 
@@ -378,6 +384,8 @@ class Analyzer(fx.Interpreter):
             self._fail(n, f"{what} to {ho}x{wo} of a {h}x{w} map (only output sizes that divide the input: the "
                           "windows then do not overlap)")
         k = (h // ho, w // wo)
+        if kind == "max" or (ho, wo) != (1, 1):
+            self.size_specific.append(f"{what} at node {n.name!r} ({k[0]}x{k[1]} windows for the {h}x{w} map)")
         if kind == "max":
             return self._maxpool(n, x, what, k, k, 0, 1, False, False, shape_in, shape_out)
         if (ho, wo) == (1, 1):
@@ -391,14 +399,14 @@ class Analyzer(fx.Interpreter):
         if _pair(dilation) != (1, 1):
             self._fail(n, f"{what} attribute dilation={dilation} (the spiking max pool has dilation 1)")
         k, s, p = _pair(kernel), _pair(stride if stride not in (None, []) else kernel), _pair(padding)
-        floor = _pool_out(shape_in, k, s, p, (1, 1))
-        if ceil_mode and floor != tuple(shape_out[1:]):
-            self._fail(n, f"{what} attribute ceil_mode=True where it adds a partial window ({shape_in[1:]} -> "
-                          f"{shape_out[1:]}, {floor} without it)")
         src = self._arg_sym(n, x)
         if src.kind != "spikes":
             self._fail(n, "max pooling of a value that is not a ReLU output (spiking max pooling gates spikes)")
         pool = dict(kernel=k, stride=s, padding=p)
+        if ceil_mode:
+            # exact: the executor pads the spikes with zeros on the right/bottom for the partial
+            # windows, at the size of each run; a zero padding never wins a gated max (see executor)
+            pool["ceil_mode"] = True
         self.layers.append(Layer("maxpool", n.name, self.positions[n.name], shape_out, source=src.layer, pool=pool))
         return _Sym("spikes", len(self.layers) - 1)
 
@@ -433,6 +441,13 @@ def _pool_out(shape_in: tuple, k: tuple, s: tuple, p: tuple, d: tuple) -> tuple:
     return tuple((n + 2 * pp - dd * (kk - 1) - 1) // ss + 1 for n, kk, ss, pp, dd in zip(shape_in[1:], k, s, p, d))
 
 
+def _has_node(value) -> bool:
+    """Whether an argument (nested in tuples/lists/dicts) is a graph value rather than a constant."""
+    found = []
+    fx.node.map_arg(value, lambda v: found.append(v) or v)
+    return bool(found)
+
+
 def _bind(args, kwargs, names, defaults) -> dict:
     out = dict(defaults)
     out.update(zip(names, args))
@@ -449,7 +464,7 @@ def analyze(gm: fx.GraphModule, sample: torch.Tensor) -> Program:
     for layer in an.layers:
         _check_terms(layer.terms, layer.name)
     _check_terms(an.output_terms, "output")
-    return Program(an.layers, an.output_terms, an.output_shape, tuple(sample.shape[1:]), gm)
+    return Program(an.layers, an.output_terms, an.output_shape, tuple(sample.shape[1:]), gm, an.size_specific)
 
 
 def _check_terms(terms: list, where: str) -> None:

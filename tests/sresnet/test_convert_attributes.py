@@ -211,9 +211,11 @@ def _check_exact(model: nn.Module, hw: int = 9) -> None:
     "layer",
     [nn.Dropout(0.5), nn.Dropout2d(0.5), nn.AlphaDropout(0.5), nn.FeatureAlphaDropout(0.2),
      nn.AdaptiveAvgPool2d(3), nn.AdaptiveAvgPool2d((3, 1)), nn.AdaptiveMaxPool2d(3),
-     nn.AvgPool2d(2, ceil_mode=True, padding=1), nn.MaxPool2d(3, 3, ceil_mode=True)],
+     nn.AvgPool2d(2, ceil_mode=True, padding=1), nn.MaxPool2d(3, 3, ceil_mode=True), nn.MaxPool2d(2, ceil_mode=True),
+     nn.MaxPool2d(3, 2, 1, ceil_mode=True), nn.MaxPool2d((2, 3), (2, 2), ceil_mode=True)],
     ids=["dropout", "dropout2d", "alpha-dropout", "feature-alpha-dropout", "adaptive-avg-3x3", "adaptive-avg-3x1",
-         "adaptive-max-3x3", "avg-ceil-no-partial-window", "max-ceil-no-partial-window"],
+         "adaptive-max-3x3", "avg-ceil-no-partial-window", "max-ceil-no-partial-window", "max-ceil-2",
+         "max-ceil-3-2-1", "max-ceil-2x3"],
 )
 def test_common_layers_are_accepted_and_exact(layer):
     _check_exact(_One(layer))
@@ -316,3 +318,80 @@ def test_batchnorm_without_running_statistics_is_refused_by_name():
 
     with pytest.raises(ValueError, match=r"BatchNorm2d at node 'bn'.*module 'bn'.*track_running_stats=False"):
         sresnet.convert(Net().eval(), torch.randn(4, 3, 6, 6), compensation=None)
+
+
+class _CeilPool(nn.Module):
+    """Two ceil_mode max pools with partial windows, and a global-pool head (any image size)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, 2, 1, ceil_mode=True)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.c1(x)))
+        x = F.max_pool2d(F.relu(self.c2(x)), 2, ceil_mode=True)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def test_max_pool_ceil_mode_is_exact_at_every_image_size():
+    torch.manual_seed(0)
+    model = _randomize(_CeilPool(), 1).eval()
+    snn = sresnet.convert(model, torch.randn(8, 3, 10, 10), compensation=None)
+    assert [l.pool.get("ceil_mode") for l in snn.layers if l.kind == "maxpool"] == [True, True]
+    for hw in (10, 9, 7):  # 10: partial windows in the 2nd pool; 9, 7: in both
+        x = torch.randn(4, 3, hw, hw, generator=torch.Generator().manual_seed(hw))
+        with torch.no_grad():
+            ref = model(x)
+        assert _rel(snn.analog(x), ref) < 1e-5
+        # the spiking pools: the rates approach the ANN
+        assert _rel(snn(x, timesteps=64, backend="reference"), ref) < 0.2
+    # and every backend pads and pools the same spikes
+    x = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+    runs = {b: snn(x, timesteps=6, backend=b) for b in ("reference", "numba", "triton")}
+    assert torch.equal(runs["numba"], runs["reference"]) and torch.equal(runs["triton"], runs["reference"])
+
+
+class _AdaptiveMid(nn.Module):
+    def __init__(self, pool: nn.Module):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.pool, self.fc = pool, nn.Linear(4, 5)
+
+    def forward(self, x):
+        x = F.relu(self.c2(self.pool(F.relu(self.c1(x)))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@pytest.mark.parametrize("pool", [nn.AdaptiveAvgPool2d(2), nn.AdaptiveMaxPool2d(2)], ids=["avg", "max"])
+def test_adaptive_pool_windows_pin_the_image_size(pool):
+    # its windows are fixed for the conversion's map (4x4 on 8x8 images): other sizes are refused,
+    # not silently pooled with the wrong windows
+    model = _randomize(_AdaptiveMid(pool), 2).eval()
+    snn = sresnet.convert(model, torch.randn(8, 3, 8, 8), compensation=None)
+    assert not snn.network.size_agnostic
+    with pytest.raises(ValueError, match=rf"converted for images \[3, 8, 8\].*{type(pool).__name__} 'pool' at node "
+                                         r"'pool' \(4x4 windows for the 8x8 map\) are fixed"):
+        snn(torch.randn(2, 3, 12, 12), timesteps=2)
+
+
+class _ConstantWholeMapPool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(F.avg_pool2d(F.relu(self.conv(x)), 6).flatten(1))
+
+
+def test_constant_pool_kernel_stays_constant():
+    # F.avg_pool2d(x, 6) covers the whole 6x6 map, but on 12x12 images it would not: it is a 6x6
+    # window (the head then flattens a 1x1 map), not a global average pool
+    model = _randomize(_ConstantWholeMapPool(), 3).eval()
+    x = torch.randn(4, 3, 6, 6)
+    snn = sresnet.convert(model, x, compensation=None)
+    assert snn.output[0].pre[0][0] == "avgpool"
+    with torch.no_grad():
+        assert _rel(snn.analog(x), model(x)) < 1e-5
+    assert not snn.network.size_agnostic
