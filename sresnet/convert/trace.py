@@ -373,6 +373,8 @@ class Analyzer(fx.Interpreter):
         dynamic = _has_node(n.args[1:]) or _has_node(n.kwargs)
         if dynamic and p == (0, 0) and k == tuple(shape_in[1:]) and shape_out[1:] == (1, 1):
             op_ = Op("gap", n.name, dict(keepdim=True), None, shape_in, shape_out)
+        elif dynamic:
+            self._size_specific(n, what, k, shape_in)
         return self._apply(n, src, op_)
 
     def _adaptive(self, n, x, what, kind, return_indices, shape_in, shape_out) -> _Sym:
@@ -385,12 +387,18 @@ class Analyzer(fx.Interpreter):
                           "windows then do not overlap)")
         k = (h // ho, w // wo)
         if kind == "max" or (ho, wo) != (1, 1):
-            self.size_specific.append(f"{what} at node {n.name!r} ({k[0]}x{k[1]} windows for the {h}x{w} map)")
+            self._size_specific(n, what, k, shape_in)
         if kind == "max":
             return self._maxpool(n, x, what, k, k, 0, 1, False, False, shape_in, shape_out)
         if (ho, wo) == (1, 1):
             return self._apply(n, self._arg_sym(n, x), Op("gap", n.name, dict(keepdim=True), None, shape_in, shape_out))
         return self._avgpool(n, x, what, k, k, 0, False, True, None, shape_in, shape_out)
+
+    def _size_specific(self, n: fx.Node, what: str, k: tuple, shape_in: tuple) -> None:
+        """Record a pool whose windows were computed for this map size (they pin the image size)."""
+        entry = f"{what} at node {n.name!r} ({k[0]}x{k[1]} windows for the {shape_in[1]}x{shape_in[2]} map)"
+        if entry not in self.size_specific:
+            self.size_specific.append(entry)
 
     def _maxpool(self, n, x, what, kernel, stride, padding, dilation, ceil_mode, return_indices,
                  shape_in, shape_out) -> _Sym:
@@ -403,6 +411,8 @@ class Analyzer(fx.Interpreter):
         if src.kind != "spikes":
             self._fail(n, "max pooling of a value that is not a ReLU output (spiking max pooling gates spikes)")
         pool = dict(kernel=k, stride=s, padding=p)
+        if _has_node(n.args[1:]) or _has_node(n.kwargs):
+            self._size_specific(n, what, k, shape_in)
         if ceil_mode:
             # exact: the executor pads the spikes with zeros on the right/bottom for the partial
             # windows, at the size of each run; a zero padding never wins a gated max (see executor)

@@ -156,6 +156,8 @@ _PLAIN_CONV = dict(out=6, k=3, stride=1, padding=1, dilation=1, groups=1, bias=T
 _PLAIN_HEAD = dict(pool=1, mean=False, keepdim=False, flatten="view", start=1, end=-1)
 
 
+# torch warns that it pads even kernels with padding="same" by copying the input: the ANN's business
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 # the attribute the tracer dropped before issue 11 (AvgPool2d's divisor_override), pinned as an example
 @example(first=_PLAIN_CONV, head=_PLAIN_HEAD, hw=8, seed=0, rest=[("avgpool", dict(
     form="module", k=2, stride=None, padding=0, ceil=False, count_include_pad=True, divisor_override=3))])
@@ -395,3 +397,29 @@ def test_constant_pool_kernel_stays_constant():
     with torch.no_grad():
         assert _rel(snn.analog(x), model(x)) < 1e-5
     assert not snn.network.size_agnostic
+
+
+class _HalfMapPool(nn.Module):
+    def __init__(self, global_pool: bool):
+        super().__init__()
+        self.conv, self.fc, self.global_pool = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 5), global_pool
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        x = F.avg_pool2d(x, x.size()[3] if self.global_pool else x.size(3) // 2)
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("global_pool", [True, False], ids=["whole-map", "half-map"])
+def test_kernel_computed_from_the_map(global_pool):
+    # x.size()[3]: a global pool at every (square) size; x.size(3) // 2: windows fixed at conversion
+    model = _randomize(_HalfMapPool(global_pool), 4).eval()
+    snn = sresnet.convert(model, torch.randn(4, 3, 8, 8), compensation=None)
+    assert snn.network.size_agnostic == global_pool
+    x = torch.randn(4, 3, 12, 12)
+    if global_pool:
+        with torch.no_grad():
+            assert _rel(snn.analog(x), model(x)) < 1e-5
+    else:
+        with pytest.raises(ValueError, match=r"avg_pool2d at node 'avg_pool2d' \(4x4 windows for the 8x8 map\)"):
+            snn.analog(x)
