@@ -69,6 +69,34 @@ def channel_view(v, x: torch.Tensor):
     return v.view(-1, *([1] * (x.dim() - 3)))
 
 
+def ceil_mode_pad(pool: dict, hw: tuple) -> tuple | None:
+    """Zero padding ``(left, right, top, bottom)`` that turns a pool into torch's ceil_mode pool.
+
+    With ``ceil_mode`` torch adds a partial window at the right/bottom edge when the map does
+    not divide evenly (as long as it starts inside the map or its left/top padding). Padding
+    the input on the right/bottom by the missing part and pooling in floor mode gives the same
+    windows; for a max of non-negative values (ReLU outputs, spikes) zeros change nothing, and
+    in the gated spiking max pool a padded position never wins (a window's first real input
+    comes before every right/bottom padding in row-major order, and ties go to the first).
+
+    Args:
+        pool: max-pool geometry ``{"kernel", "stride", "padding", "ceil_mode"}`` (pairs).
+        hw: the input map ``(H, W)``.
+
+    Returns:
+        the padding for ``F.pad``, or None when there is nothing to pad.
+    """
+    if not pool.get("ceil_mode"):
+        return None
+    extra = []
+    for n, k, s, p in zip(hw, pool["kernel"], pool["stride"], pool["padding"]):
+        out = -(-(n + 2 * p - k) // s) + 1
+        if (out - 1) * s >= n + p:  # torch's rule: the last window must start inside the map or its padding
+            out -= 1
+        extra.append(max(0, (out - 1) * s + k - (n + 2 * p)))
+    return (0, extra[1], 0, extra[0]) if any(extra) else None
+
+
 def _conv_out(n: int, k: int, s: int, p: int) -> int:
     return (n + 2 * p - k) // s + 1
 
@@ -156,7 +184,11 @@ class Executor:
         be = self.backend
         if layer.kind == "maxpool":
             p = layer.pool
-            return sk.spike_max_pool2d(outs[layer.source], p["kernel"], p["stride"], p["padding"], count=state,
+            s = outs[layer.source]
+            pad = ceil_mode_pad(p, tuple(s.shape[-2:]))
+            if pad is not None:
+                s = F.pad(s, pad)
+            return sk.spike_max_pool2d(s, p["kernel"], p["stride"], p["padding"], count=state,
                                        return_state=True, backend=be)
         nrn = layer.neuron
         v0 = state if state is not None else nrn.v0
@@ -298,7 +330,11 @@ class Executor:
         for i, layer in enumerate(net.layers):
             if layer.kind == "maxpool":
                 p = layer.pool
-                y = F.max_pool2d(acts[layer.source][0], p["kernel"], p["stride"], p["padding"])[None]
+                a = acts[layer.source][0]
+                pad = ceil_mode_pad(p, tuple(a.shape[-2:]))
+                if pad is not None:
+                    a = F.pad(a, pad)
+                y = F.max_pool2d(a, p["kernel"], p["stride"], p["padding"])[None]
             else:
                 cur = stems[i] if layer.kind == "stem" else self.currents(layer.terms(), acts)
                 if layer.bias is not None:

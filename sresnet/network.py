@@ -177,7 +177,9 @@ class Layer:
         main: the conv/linear term fused with the neuron (None when there is none);
             others: the other terms (shortcuts; their sum enters the fused kernel).
         bias: extra constant input current ``[C]`` of a layer without a main term.
-        pool, source: max-pool geometry ``{"kernel", "stride", "padding"}`` and input layer.
+        pool, source: max-pool geometry ``{"kernel", "stride", "padding"}`` (pairs; optional
+            ``"ceil_mode": True``, torch's ceil_mode, see :func:`sresnet.executor.ceil_mode_pad`)
+            and input layer.
         neuron: the :class:`Neuron` parameters.
     """
 
@@ -279,7 +281,9 @@ class Network:
         self.info = dict(info or {})
         self.scales = dict(scales or {})
         self.compensation = dict(compensation or {})
-        self.size_agnostic = not _spatial_flatten(self.layers, self.output)
+        # info["size_specific"]: ops whose windows the converter fixed for the conversion's map
+        # size (adaptive pooling to k x k); like a flattened map, they pin the image size
+        self.size_agnostic = not _spatial_flatten(self.layers, self.output) and not self.info.get("size_specific")
         self.free_after = self._plan()
 
     def _plan(self) -> list[list[int]]:
