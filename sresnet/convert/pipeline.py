@@ -9,10 +9,12 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from ..network import READOUTS
+from ..network import READOUTS, Readout
 from ..simulate import SpikingNetwork
 from . import compensate as comp
+from . import lowlat
 from .fold import fold_batchnorm, split_call_sites
+from ..distributed import shard_from
 from .fuse import pool_analog_stem
 from .normalize import normalize
 from .observe import observe
@@ -94,11 +96,34 @@ def _bake_parametrizations(mod: nn.Module) -> None:
         mod.register_parameter(name, nn.Parameter(value, requires_grad=False))
 
 
+METHODS = ("lowlat", "s-resnet")
+
+
+def _check_method(method, horizon, compensation, readout_delay) -> float:
+    """Validate the method's arguments; returns the readout delay (a fraction of T) it uses."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}; accepted: {', '.join(map(repr, METHODS))}")
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"horizon must be a positive int (the longest T the bias schedule is calibrated for), got {horizon!r}")
+    plain = compensation is None or (isinstance(compensation, str) and compensation in ("auto", "off"))
+    if method == "lowlat" and not plain:
+        raise ValueError(f"compensation={compensation!r} applies to method='s-resnet'; method='lowlat' accepts "
+                         "'auto' (its bias schedule) or None/'off' (no calibration)")
+    if readout_delay is None:
+        return lowlat.DEFAULT_READOUT_DELAY if method == "lowlat" else 0.0
+    if isinstance(readout_delay, bool) or not isinstance(readout_delay, (int, float)) or not (0 <= readout_delay < 1):
+        raise ValueError(f"readout_delay must be a fraction of T in [0, 1), got {readout_delay!r}")
+    return float(readout_delay)
+
+
 def convert(
     model: nn.Module,
     calib_images: torch.Tensor,
     percentile: float | str = 99.9,
     *,
+    method: str = "lowlat",
+    horizon: int = lowlat.DEFAULT_HORIZON,
+    readout_delay: float | None = None,
     per_channel: bool = False,
     compensation: str | None | Mapping[str, float] | Sequence[float] = "auto",
     readout: str = "membrane",
@@ -110,14 +135,23 @@ def convert(
     seed: int = 0,
     progress: bool = False,
     analog_stem_pool: bool = True,
+    process_group=None,
 ) -> SpikingNetwork:
     """Convert a trained ReLU network (e.g. a ResNet) into a spiking network (S-ResNet).
 
     Steps: trace with torch.fx; fold BatchNorm into convs (eval statistics); observe the
     activations of every ReLU call site and the logits on ``calib_images``; normalize
-    weights with the S-ResNet shortcut rule; compensate; build the spiking layers
-    (IF neurons, θ = 1, v0 = θ/2). The ANN itself is not modified: a copy is folded, and
-    the model's training flags, parameters, buffers and hooks are left exactly as they were.
+    weights with the S-ResNet shortcut rule; build the spiking layers (IF neurons, θ = 1,
+    v0 = θ/2); then, by ``method``:
+
+    - "lowlat" (default): a per-step, per-channel bias schedule calibrated layer by layer
+      up to ``horizon`` steps (:mod:`sresnet.convert.lowlat`) and a delayed readout; one
+      network serves every T <= horizon, each T exactly as if calibrated for it alone.
+    - "s-resnet": the paper's conversion with the constant compensation
+      (:mod:`sresnet.convert.compensate`), exactly the pre-issue-12 default.
+
+    The ANN itself is not modified: a copy is folded, and the model's training flags,
+    parameters, buffers and hooks are left exactly as they were.
 
     Args:
         model: an FX-traceable network of conv, BatchNorm, ReLU, add, pooling, flatten,
@@ -126,23 +160,36 @@ def convert(
             training images).
         percentile: λ = this percentile of the positive activations of each site (99.9;
             99.99 or "max" also useful).
+        method: "lowlat" or "s-resnet" (above).
+        horizon: "lowlat": the longest T the schedule is calibrated for; later steps reuse a
+            steady bias (docs/accuracy.md measures what that costs).
+        readout_delay: fraction f in [0, 1) of the steps the readout skips (a run of T reads
+            steps floor(f·T)+1..T; the skipped steps still count in T); None: the method's
+            default (0.5 for "lowlat", 0 for "s-resnet").
         per_channel: one λ per channel instead of one per site.
-        compensation: "auto" (default: calibrated per-channel bias correction, see
-            :mod:`sresnet.convert.compensate`), "bias", "scale", "scale+bias", None/"off"
-            (v0 = θ/2 only), or user factors c (dict {site name: c} or a list, one per
-            neuron layer in order) multiplying each neuron's input.
+        compensation: "auto": the method's calibration (for "s-resnet" the calibrated
+            per-channel bias correction of :mod:`sresnet.convert.compensate`); None/"off":
+            none (v0 = θ/2 only). Method "s-resnet" also takes "bias", "scale",
+            "scale+bias", or user factors c (dict {site name: c} or a list, one per neuron
+            layer in order) multiplying each neuron's input.
         readout: "membrane" (accumulated logits, default) or "spikes" (spike counts of an
             output IF layer, ties broken by its membrane).
         shortcut_norm: S-ResNet shortcut normalization (True) or the naive ablation.
         batch_size: images per ANN forward during observation.
         calib_timesteps: T of the calibration simulations (compensation).
-        calib_subset: calibration images used by the compensation simulations.
+        calib_subset: calibration images simulated by the compensation or the schedule.
         max_values: positive activations kept per site for the percentile (see observe).
         seed: seed of the activation subsampling.
         analog_stem_pool: move a max pool that directly follows the stem neuron in front of it
             (exact: the stem's current is constant over T, see :mod:`sresnet.convert.fuse`);
             False keeps a gated spiking max pool there, as the paper does.
-        progress: a tqdm bar on stderr over the layers being calibrated (the compensation
+        process_group: an initialized ``torch.distributed`` group (default: the default group
+            when one is initialized, e.g. under torchrun). The ranks share the observation of
+            the calibration batches and merge it exactly (:mod:`sresnet.distributed`); the
+            layer-by-layer calibration on ``calib_subset`` images runs whole on every rank.
+            The network is bit-identical to a single-process conversion. Every rank must pass
+            the same ``calib_images``.
+        progress: a tqdm bar on stderr over the layers being calibrated (the calibration
             is most of the conversion time: minutes for ResNet-56 on 2 CPU cores).
 
     Returns:
@@ -164,8 +211,10 @@ def convert(
         raise ValueError(f"readout={readout!r}; accepted: {', '.join(map(repr, READOUTS))}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    method = comp.check_compensation(compensation)
+    delay = _check_method(method, horizon, compensation, readout_delay)
+    comp_method = comp.check_compensation(compensation)
     calib_images = calib_images.detach().float().cpu()
+    shard = shard_from(process_group)
     with torch.no_grad():
         gm = trace(ann_copy(model))
         # one module per call site: folding must not change a weight another call also uses
@@ -180,15 +229,21 @@ def convert(
             ) from exc
         pooled = pool_analog_stem(program) if analog_stem_pool else 0
         scales = observe(program, calib_images, percentile=percentile, per_channel=per_channel,
-                         batch_size=batch_size, max_values=max_values, seed=seed)
+                         batch_size=batch_size, max_values=max_values, seed=seed, shard=shard)
         layers, output = normalize(program, scales, shortcut_norm=shortcut_norm)
-        snn = SpikingNetwork(layers, output, scales["output"], program.input_shape, readout=readout,
-                             info=dict(percentile=percentile, per_channel=per_channel, shortcut_norm=shortcut_norm,
-                                       compensation=compensation if isinstance(compensation, (str, type(None))) else "user",
-                                       folded_batchnorms=folded, analog_stem_pools=pooled,
-                                       size_specific=list(program.size_specific)))
+        info = dict(method=method, percentile=percentile, per_channel=per_channel, shortcut_norm=shortcut_norm,
+                    compensation=compensation if isinstance(compensation, (str, type(None))) else "user",
+                    folded_batchnorms=folded, analog_stem_pools=pooled, size_specific=list(program.size_specific))
+        if method == "lowlat":
+            info["horizon"] = horizon
+        snn = SpikingNetwork(layers, output, scales["output"], program.input_shape,
+                             readout=Readout(readout, delay_fraction=delay), info=info)
         snn.scales = {k: v.clone() for k, v in scales.items()}
-        comp.compensate(snn, program, scales, calib_images, method, compensation,
-                        timesteps=calib_timesteps, subset=calib_subset, batch_size=batch_size,
-                        progress=progress)
+        if method == "s-resnet":
+            comp.compensate(snn, program, scales, calib_images, comp_method, compensation,
+                            timesteps=calib_timesteps, subset=calib_subset, batch_size=batch_size,
+                            progress=progress)
+        elif comp_method != "off":
+            lowlat.calibrate_schedule(snn, program, scales, calib_images[:calib_subset], horizon,
+                                      batch_size=batch_size, progress=progress)
         return snn

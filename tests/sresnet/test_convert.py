@@ -174,16 +174,16 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="nn.Module"):
         sresnet.convert(lambda z: z, x)
     with pytest.raises(ValueError, match="unknown sites"):
-        sresnet.convert(model, x, compensation={"no_such_relu": 1.2})
+        sresnet.convert(model, x, method="s-resnet", compensation={"no_such_relu": 1.2})
     with pytest.raises(ValueError, match="5 neuron layers"):
-        sresnet.convert(model, x, compensation=[1.0, 1.0])
+        sresnet.convert(model, x, method="s-resnet", compensation=[1.0, 1.0])
 
 
 def test_user_factors_multiply_the_layer_input():
     model = make("tiny_A_functional")
     x = _images(4, 8)
     base = sresnet.convert(model, x, compensation=None)
-    scaled = sresnet.convert(model, x, compensation=[1.0, 2.0, 1.0, 1.0, 1.0])
+    scaled = sresnet.convert(model, x, method="s-resnet", compensation=[1.0, 2.0, 1.0, 1.0, 1.0])
     assert torch.allclose(scaled.layers[1].main.weight, 2 * base.layers[1].main.weight)
     assert torch.equal(scaled.layers[0].main.weight, base.layers[0].main.weight)
 
@@ -191,7 +191,7 @@ def test_user_factors_multiply_the_layer_input():
 def test_calibrated_compensation_runs_and_records():
     model = make("tiny_A_functional")
     x = _images(16, 8)
-    snn = sresnet.convert(model, x, compensation="bias", calib_timesteps=8, calib_subset=8)
+    snn = sresnet.convert(model, x, method="s-resnet", compensation="bias", calib_timesteps=8, calib_subset=8)
     assert set(snn.compensation) == {l.name for l in snn.layers}
     assert all(torch.isfinite(v["bias"]).all() for v in snn.compensation.values())
 
@@ -199,8 +199,11 @@ def test_calibrated_compensation_runs_and_records():
 def test_progress_bar_only_when_asked(capsys):
     model = make("tiny_A_functional")
     x = _images(8, 8)
-    sresnet.convert(model, x, calib_timesteps=4, calib_subset=4)
+    sresnet.convert(model, x, method="s-resnet", calib_timesteps=4, calib_subset=4)
+    sresnet.convert(model, x, horizon=4, calib_subset=4)
     assert capsys.readouterr().err == ""
-    sresnet.convert(model, x, calib_timesteps=4, calib_subset=4, progress=True)
+    sresnet.convert(model, x, method="s-resnet", calib_timesteps=4, calib_subset=4, progress=True)
     err = capsys.readouterr().err
     assert "compensation (bias, T=4)" in err and "layer" in err
+    sresnet.convert(model, x, horizon=4, calib_subset=4, progress=True)
+    assert "bias schedule (H=4)" in capsys.readouterr().err

@@ -55,3 +55,13 @@ def test_evaluation_numbers_identical_on_two_processes(tmp_path, form):
     for r in launch(2, "evaluation", tmp_path, **kw):
         assert r.pop("world_size") == 2
         _same({k: v for k, v in single.items() if k != "world_size"}, r)
+
+
+@pytest.mark.parametrize("method", ["lowlat", "s-resnet"])
+def test_conversion_bit_identical_on_two_processes(tmp_path, method):
+    # 21 calibration images in batches of 4 (6 batches, the last partial); every site subsampled
+    kw = dict(kind="tiny_B_module", n=21, method=method, batch_size=4, max_values=2048, horizon=8,
+              calib_timesteps=8, calib_subset=8)
+    single = _dist_tasks.network(**kw)
+    for r in launch(2, "network", tmp_path, **kw):
+        _same(single, r)

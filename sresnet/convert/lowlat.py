@@ -1,0 +1,179 @@
+"""Low-latency calibration: a causal per-step, per-channel bias schedule (issue 12).
+
+A converted IF neuron starts silent: deep layers wait for spikes from the layers below, and
+the rate over a short run lags the ANN activation it stands for. A constant bias tuned at
+one T cannot fix a transient. Here every neuron layer gets a bias ``b_t`` per step t and
+channel c (in the spirit of FTBC, Wu et al., ECCV 2024, but solved exactly step by step):
+
+1. Run the ANN on the calibration images: per layer and channel the target rate
+   ``r_c`` = mean of clip(a/λ, 0, 1) over images and positions.
+2. Layer by layer, in network order, on the spikes of the already calibrated layers below,
+   simulate the layer step by step from v0 = θ/2. At step t let ``u = v + x_t`` (membrane
+   plus input current of every neuron of channel c over all calibration images and
+   positions, M values). The count the channel should have emitted by step t is
+   ``t · r_c · M``; ``k`` = that minus what it emitted so far (rounded, clipped to [0, M]).
+   ``b_t`` is the smallest-magnitude bias with which exactly the k largest ``u`` reach the
+   threshold (:func:`step_bias`). Then ``v ← v + x_t + b_t``, spike, subtract.
+3. Simulate the layer with its schedule and move on.
+
+Matching the cumulative count (not the rate of each step) removes the start-up deficit at
+every prefix: the channel has emitted its target count by each step t, so a run of any
+T' <= H reads a near-stationary rate. ``b_t`` depends only on steps <= t, hence a schedule
+calibrated for horizon H, cut at T', is the one calibrated for T' alone (tested bit for bit):
+one network serves every T' <= H. The stored schedule has H + 1 rows: the last, the mean of
+the last ``max(1, H // 4)`` calibrated rows, serves every step past H (the executor repeats
+the last row), where the start-up transient has passed and the mean smooths the
+step-to-step jitter of the count matching.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from ..executor import Executor
+from .compensate import ann_targets
+
+DEFAULT_HORIZON = 64
+# measured best fraction of T skipped by the readout with the schedule (docs/accuracy.md)
+DEFAULT_READOUT_DELAY = 0.5
+
+
+def step_bias(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The smallest-magnitude bias per channel with which exactly ``k`` values reach 1.
+
+    Args:
+        u: membranes before the bias ``[C, M]`` float32 (M neurons per channel).
+        k: spikes wanted per channel ``[C]`` int64 in [0, M].
+
+    Returns:
+        ``b`` ``[C]`` float32: ``u + b >= 1`` holds for the k largest u of each channel and for
+        no other value (ties with the k-th largest also fire; the threshold tie rule is ≥).
+        The admissible interval is ``[1 - u_(k), 1 - u_(k+1))`` (u sorted in decreasing order,
+        u_(0) = +inf, u_(M+1) = -inf); ``b`` is its point nearest 0.
+    """
+    C, M = u.shape
+    srt = torch.sort(u, dim=1, descending=True).values
+    inf = torch.full((C, 1), float("inf"), dtype=u.dtype, device=u.device)
+    padded = torch.cat([inf, srt, -inf], 1)
+    kth = padded.gather(1, k.view(-1, 1)).squeeze(1)
+    nxt = padded.gather(1, (k + 1).view(-1, 1)).squeeze(1)
+    lo, hi = 1.0 - kth, 1.0 - nxt
+    # 1 - u is rounded: step to the neighbouring floats until u_(k) + lo reaches the threshold
+    # and u_(k+1) + hi stays under it in float32
+    for _ in range(4):
+        lo = torch.where(kth + lo < 1.0, torch.nextafter(lo, torch.full_like(lo, float("inf"))), lo)
+        hi = torch.where(nxt + hi >= 1.0, torch.nextafter(hi, torch.full_like(hi, -float("inf"))), hi)
+    return torch.maximum(torch.minimum(torch.zeros_like(lo), hi), lo)
+
+
+def _current(ex: Executor, layer, outs: list, steps: int, stem) -> torch.Tensor:
+    """Input current of a neuron layer without its schedule ``[steps, B, C, ...]``."""
+    if layer.kind == "stem":
+        return stem.expand(steps, *stem.shape[1:])
+    cur = ex.currents(layer.terms(), outs)
+    if layer.bias is not None:
+        cur = cur + layer.bias.view(-1, *([1] * (cur.dim() - 3)))
+    return cur
+
+
+def _layer_inputs(snn, i: int, outs: list, H: int, chunk: int, stem) -> torch.Tensor:
+    """Input current of layer i over all H steps ``[H, B, C, ...]`` (chunked like a run)."""
+    ex = Executor(snn.network)
+    x = None
+    for t0 in range(0, H, chunk):
+        steps = min(chunk, H - t0)
+        view = [o[t0 : t0 + steps] if o is not None else None for o in outs]
+        c = _current(ex, snn.layers[i], view, steps, stem)
+        if x is None:
+            x = torch.empty((H,) + tuple(c.shape[1:]), dtype=torch.float32)
+        x[t0 : t0 + steps] = c
+    return x
+
+
+def _run(snn, i: int, outs: list, H: int, chunk: int, stem) -> torch.Tensor:
+    """Spikes of layer i over H steps ``[H, B, ...]`` uint8 with its schedule, as a run computes them."""
+    out, state = None, None
+    for t0 in range(0, H, chunk):
+        steps = min(chunk, H - t0)
+        view = [o[t0 : t0 + steps] if o is not None else None for o in outs]
+        s, state = snn.step_layer(i, view, steps, state, stem, None, t0)
+        if out is None:
+            out = torch.empty((H,) + tuple(s.shape[1:]), dtype=s.dtype)
+        out[t0 : t0 + steps] = s
+    return out
+
+
+def schedule_for(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The cumulative-count bias schedule of one layer (step 2 of the module docstring).
+
+    Args:
+        x: input current ``[H, B, C, ...]`` float32 of the layer without schedule.
+        target: target rate per channel ``[C]`` (mean clip(a/λ, 0, 1) of the ANN).
+
+    Returns:
+        ``[H, C]`` float32; row t-1 is the bias of step t.
+    """
+    H, B, C = x.shape[:3]
+    xs = x.reshape(H, B, C, -1).permute(0, 2, 1, 3).reshape(H, C, -1)  # [H, C, M]
+    M = xs.shape[2]
+    v = torch.full((C, M), 0.5)
+    emitted = torch.zeros(C, dtype=torch.float64)
+    wanted = target.double().clamp(0, 1) * M
+    b = torch.empty(H, C)
+    for t in range(H):
+        k = ((t + 1) * wanted - emitted).round().clamp(0, M).long()
+        bt = step_bias(v + xs[t], k)
+        b[t] = bt
+        # the run's arithmetic: current (+ bias row) first, then the membrane
+        v = v + (xs[t] + bt[:, None])
+        s = v >= 1.0
+        v = v - s.float()
+        emitted += s.sum(1).double()
+    return b
+
+
+def calibrate_schedule(snn, program, scales: dict, images: torch.Tensor, horizon: int, *, batch_size: int = 128,
+                       progress: bool = False) -> dict:
+    """Give every neuron layer of ``snn`` a bias schedule ``[horizon, C]`` (in place).
+
+    Args:
+        snn: a :class:`sresnet.simulate.SpikingNetwork` fresh from normalization.
+        program: its analyzed ANN (for the targets).
+        scales: λ per site (from observe).
+        images: calibration images ``[N, C, H, W]`` (training data, never test images).
+        horizon: H, the longest run the schedule is calibrated for (>= 1).
+        batch_size: images per ANN forward for the targets.
+        progress: a tqdm bar over the layers.
+
+    Returns:
+        ``{layer name: schedule [H + 1, C]}``, also stored as each layer's
+        ``neuron.bias_schedule`` (row H: the steady row for later steps).
+
+    Raises:
+        ValueError: a layer's neuron is not the plain IF neuron (θ = 1, v0 = θ/2, subtract
+            reset) the count matching assumes.
+    """
+    targets = ann_targets(program, scales, images, batch_size)
+    chunk = min(horizon, snn.default_chunk(images.shape[0], tuple(images.shape[2:])))
+    stems = snn.stem_currents(images)
+    outs: list = [None] * len(snn.layers)
+    applied = {}
+    bar = tqdm(snn.layers, desc=f"bias schedule (H={horizon})", unit="layer", disable=not progress, leave=False)
+    for i, layer in enumerate(bar):
+        if layer.kind != "maxpool":
+            nrn = layer.neuron
+            nrn.bias_schedule = None
+            if not nrn.default:
+                raise ValueError(f"layer {layer.name!r}: the bias schedule is calibrated for the plain IF neuron "
+                                 "(threshold 1, v0 = θ/2, subtract reset); this one differs")
+            x = _layer_inputs(snn, i, outs, horizon, chunk, stems.get(i))
+            b = schedule_for(x, targets[layer.name])
+            steady = b[horizon - max(1, horizon // 4) :].mean(0, keepdim=True)
+            nrn.bias_schedule = torch.cat([b, steady])
+            applied[layer.name] = nrn.bias_schedule
+            del x
+        outs[i] = _run(snn, i, outs, horizon, chunk, stems.get(i))
+        for j in snn._free[i]:
+            outs[j] = None
+    return applied
