@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .convert.compensate import CALIB_SUBSET, CALIB_TIMESTEPS
+from .convert.lowlat import DEFAULT_HORIZON
+from .convert.pipeline import METHODS
 
 if TYPE_CHECKING:  # for annotations only; the commands import what they use when they run
     import torch
@@ -116,19 +118,39 @@ def _conversion_options(p: argparse.ArgumentParser) -> None:
                    help="calibration images: the first N of --calib-data (ImageFolder: the classes in turn)")
     p.add_argument("--percentile", type=_percentile, default=99.9, help="activation percentile for the scales λ, or 'max'")
     p.add_argument("--shortcut", default="A", choices=["A", "B"], help="CIFAR ResNet shortcut type of the checkpoint")
+    p.add_argument("--method", default="lowlat", choices=list(METHODS),
+                   help="lowlat: per-step bias schedule + delayed readout, one network for every T <= --horizon "
+                        "(best at T = 8..64); s-resnet: the paper's conversion with a constant bias correction")
+    p.add_argument("--horizon", type=_positive, default=DEFAULT_HORIZON,
+                   help="lowlat: longest T the bias schedule is calibrated for (later steps reuse a steady bias)")
+    p.add_argument("--readout-delay", type=_fraction, default=None,
+                   help="fraction of T skipped by the readout before it accumulates (default: 0.5 for lowlat, "
+                        "0 for s-resnet)")
     p.add_argument("--compensation", default="auto", choices=["auto", "bias", "scale", "scale+bias", "off"],
-                   help="conversion-error compensation (auto = calibrated per-channel bias correction)")
+                   help="auto: the method's calibration (lowlat: bias schedule; s-resnet: calibrated per-channel "
+                        "bias); off: none; bias/scale/scale+bias: s-resnet variants")
     p.add_argument("--calib-timesteps", type=_positive, default=CALIB_TIMESTEPS,
-                   help="T of the compensation's calibration simulations; the correction is tuned to "
-                        "this T, so match it to the T you deploy")
-    p.add_argument("--calib-subset", type=_positive, default=CALIB_SUBSET, help="calibration images simulated by the compensation")
+                   help="s-resnet: T of the compensation's calibration simulations (the correction is tuned to it)")
+    p.add_argument("--calib-subset", type=_positive, default=CALIB_SUBSET,
+                   help="calibration images simulated by the layer-by-layer calibration")
     p.add_argument("--readout", default="membrane", choices=["membrane", "spikes"], help="output readout")
     p.add_argument("--per-channel", action="store_true", help="one scale λ per channel instead of per layer")
     p.add_argument("--no-shortcut-norm", action="store_true", help="ablation: naive per-layer normalization of residual sums")
 
 
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return v
+
+
 def _conversion_kwargs(args) -> dict:
-    return dict(percentile=args.percentile, per_channel=args.per_channel,
+    return dict(method=args.method, horizon=args.horizon, readout_delay=args.readout_delay,
+                percentile=args.percentile, per_channel=args.per_channel,
                 compensation=None if args.compensation == "off" else args.compensation, readout=args.readout,
                 shortcut_norm=not args.no_shortcut_norm, calib_timesteps=args.calib_timesteps,
                 calib_subset=args.calib_subset)
@@ -186,16 +208,22 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args) -> int:
+    from .distributed import init_from_env
     from .evaluate import evaluate
 
+    shard = init_from_env()
     prep = _preprocess(args)
     name, ann = _load_model(args)
     data = args.data or args.data_dir
     res = evaluate(
         ann, None, data, args.timesteps, calib_data=args.calib_data, preprocess=prep, limit=args.limit,
         batch_size=args.batch_size, workers=args.workers, backend=args.backend, calib_size=args.calib_size,
-        shortcut=args.shortcut, progress=not args.no_progress, cost=args.cost, **_conversion_kwargs(args),
+        shortcut=args.shortcut, progress=not args.no_progress and shard.rank == 0, cost=args.cost,
+        **_conversion_kwargs(args),
     )
+    if shard.rank != 0:
+        # torchrun: every rank has the merged numbers; rank 0 alone prints and writes
+        return 0
     res.update(arch=name, model=name, checkpoint=None if args.checkpoint is None else str(args.checkpoint))
     print(f"{name}: {res['num_images']} images of {res['dataset']['source']}, ANN accuracy "
           f"{100 * res['ann_accuracy']:.2f}% (top-5 {100 * res['ann_top5']:.2f}%)")
@@ -262,6 +290,7 @@ def _run_convert(args) -> int:
     from .convert import convert
     from .data import take
     from .datasets import default_calibration, make_loader, open_dataset
+    from .distributed import init_from_env
     from .io import save
 
     prep = _preprocess(args)
@@ -272,7 +301,10 @@ def _run_convert(args) -> int:
     source = args.calib_data or default_calibration(args.data or args.data_dir)
     ds = open_dataset(source, "calib", prep)
     calib, _ = take(make_loader(ds, min(args.calib_size, 256), args.workers, args.calib_size), args.calib_size)
-    snn = convert(ann, calib, progress=not args.no_progress, **_conversion_kwargs(args))
+    shard = init_from_env()
+    snn = convert(ann, calib, progress=not args.no_progress and shard.rank == 0, **_conversion_kwargs(args))
+    if shard.rank != 0:
+        return 0
     snn.info["arch"] = name
     path = save(snn, args.out)
     print(f"wrote {path} ({len(snn.layers)} spiking layers, readout {snn.readout})")

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from .convert import convert
 from .convert.compensate import CALIB_SUBSET, CALIB_TIMESTEPS
+from .convert.lowlat import DEFAULT_HORIZON
 from .data import take
 from .datasets import Transformed, default_calibration, limit_batches, make_loader, open_dataset
 from .metrics import cost_from_maps
@@ -275,7 +276,8 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
              calib_size: int = 1000, percentile: float | str = 99.9, shortcut: str = "A", compensation="auto",
              readout: str = "membrane", per_channel: bool = False, shortcut_norm: bool = True,
              progress: bool = False, cost: bool = False, calib_timesteps: int = CALIB_TIMESTEPS,
-             calib_subset: int = CALIB_SUBSET) -> dict:
+             calib_subset: int = CALIB_SUBSET, method: str = "lowlat", horizon: int = DEFAULT_HORIZON,
+             readout_delay: float | None = None, process_group=None) -> dict:
     """Load a network and data, convert with calibration images, and measure ANN and SNN accuracy.
 
     Args:
@@ -300,7 +302,11 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
         backend: spikekernels backend; calib_size: calibration images (the first ones;
             ImageFolders: the classes in turn).
         percentile, shortcut, compensation, readout, per_channel, shortcut_norm,
-            calib_timesteps, calib_subset: see :func:`sresnet.convert`.
+            calib_timesteps, calib_subset, method, horizon, readout_delay: see
+            :func:`sresnet.convert`.
+        process_group: several processes (torchrun): the conversion's observation and the
+            evaluation are sharded and merged exactly (see :func:`evaluate_snn`); every rank
+            returns the same numbers. Default: the default group when one is initialized.
         progress: tqdm bars on stderr (compensation calibration, then simulation).
         cost: also count synaptic operations and energy (see :func:`evaluate_snn`).
 
@@ -338,10 +344,11 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
     t0 = time.perf_counter()
     snn = convert(ann, calib, percentile, per_channel=per_channel, compensation=compensation, readout=readout,
                   shortcut_norm=shortcut_norm, calib_timesteps=calib_timesteps, calib_subset=calib_subset,
-                  progress=progress)
+                  progress=progress, method=method, horizon=horizon, readout_delay=readout_delay,
+                  process_group=process_group)
     convert_s = time.perf_counter() - t0
     result = evaluate_snn(ann, snn, batches, timesteps=ts, batch_size=batch_size, backend=backend,
-                          progress=progress, cost=cost)
+                          progress=progress, cost=cost, process_group=process_group)
     calib_info.pop("preprocessing")
     result.update({
         "arch": model_name,
@@ -357,6 +364,9 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
         "shortcut_norm": shortcut_norm,
         "compensation": compensation if isinstance(compensation, (str, type(None))) else "user",
         "readout": readout,
+        "method": method,
+        "horizon": horizon if method == "lowlat" else None,
+        "readout_delay": snn.network.readout.delay_fraction,
         "calib_timesteps": calib_timesteps,
         "calib_subset": min(calib_subset, int(calib.shape[0])),
         "backend": backend or "auto",
