@@ -203,6 +203,10 @@ def _add_eval(sub) -> None:
     p.add_argument("--cost", action="store_true",
                    help="also count synaptic operations and energy per image over the same run")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON to this file")
+    p.add_argument("--diagnose", type=Path, default=None, metavar="DIR",
+                   help="write DIR/diagnosis.json and DIR/diagnosis.png: per-layer rate error against the ANN "
+                        "and first-spike delay at the largest T")
+    p.add_argument("--diagnose-images", type=_positive, default=32, help="test images used by --diagnose")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _common(p)
 
@@ -219,6 +223,7 @@ def _run_eval(args) -> int:
         ann, None, data, args.timesteps, calib_data=args.calib_data, preprocess=prep, limit=args.limit,
         batch_size=args.batch_size, workers=args.workers, backend=args.backend, calib_size=args.calib_size,
         shortcut=args.shortcut, progress=not args.no_progress and shard.rank == 0, cost=args.cost,
+        diagnose=args.diagnose_images if args.diagnose is not None and shard.rank == 0 else 0,
         **_conversion_kwargs(args),
     )
     if shard.rank != 0:
@@ -238,6 +243,11 @@ def _run_eval(args) -> int:
         c = res["cost"]
         print(f"  per image at T={c['timesteps']}: {c['sops_per_image']:.3g} synaptic ops (SNN) vs "
               f"{c['ann_macs_per_image']:.3g} MACs (ANN); energy ANN / SNN {c['energy_ratio']:.2f}")
+    if args.diagnose is not None:
+        from .diagnose import write_diagnosis
+
+        files = write_diagnosis(res.pop("diagnosis"), args.diagnose)
+        print(f"  diagnosis: {files[0]} and {files[1]}")
     if args.json is not None:
         args.json.write_text(json.dumps(res, indent=2))
     return 0

@@ -23,6 +23,7 @@ from .datasets import Transformed, default_calibration, limit_batches, make_load
 from .metrics import cost_from_maps
 from .models import load_checkpoint
 from .preprocess import Preprocess, make_preprocess
+from .diagnose import diagnose as run_diagnosis
 from .distributed import shard_from, shard_range
 from .simulate import SpikingNetwork, firing_rate
 
@@ -277,7 +278,7 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
              readout: str = "membrane", per_channel: bool = False, shortcut_norm: bool = True,
              progress: bool = False, cost: bool = False, calib_timesteps: int = CALIB_TIMESTEPS,
              calib_subset: int = CALIB_SUBSET, method: str = "lowlat", horizon: int = DEFAULT_HORIZON,
-             readout_delay: float | None = None, process_group=None) -> dict:
+             readout_delay: float | None = None, process_group=None, diagnose: int = 0) -> dict:
     """Load a network and data, convert with calibration images, and measure ANN and SNN accuracy.
 
     Args:
@@ -309,6 +310,9 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
             returns the same numbers. Default: the default group when one is initialized.
         progress: tqdm bars on stderr (compensation calibration, then simulation).
         cost: also count synaptic operations and energy (see :func:`evaluate_snn`).
+        diagnose: with N > 0, also the per-layer rate error and first-spike delay at the largest
+            T on the first N test images (:func:`sresnet.diagnose.diagnose`), under
+            ``"diagnosis"``; ``data`` must then be a path, a dataset or an images tensor.
 
     Returns:
         the dict of :func:`evaluate_snn` plus arch and model (the name given), dataset and calibration ({"kind", "source", "split"}), preprocessing, timesteps, the
@@ -349,6 +353,15 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
     convert_s = time.perf_counter() - t0
     result = evaluate_snn(ann, snn, batches, timesteps=ts, batch_size=batch_size, backend=backend,
                           progress=progress, cost=cost, process_group=process_group)
+    if diagnose:
+        if isinstance(data, torch.Tensor):
+            first = data[:diagnose]
+        elif isinstance(data, (str, Path, torch.utils.data.Dataset)):
+            first, _ = take(_open(data, "test", preprocess, min(diagnose, 256), 0, diagnose)[0], diagnose)
+        else:
+            raise ValueError("diagnose needs data as a path, a dataset or an images tensor (batches from a "
+                             "loader can only be read once)")
+        result["diagnosis"] = run_diagnosis(snn, first, ts[-1], backend=backend)
     calib_info.pop("preprocessing")
     result.update({
         "arch": model_name,

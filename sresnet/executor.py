@@ -235,8 +235,12 @@ class Executor:
         return sk.spike_linear(x, main.weight, main.bias, **kw)
 
     def simulate(self, images: torch.Tensor, T: int, per_step: bool = False, chunk: int | None = None,
-                 record_maps: bool = False):
-        """Simulate ``T`` steps; returns ``(scores, stats)`` (see :meth:`SpikingNetwork.forward`)."""
+                 record_maps: bool = False, observer=None):
+        """Simulate ``T`` steps; returns ``(scores, stats)`` (see :meth:`SpikingNetwork.forward`).
+
+        ``observer(i, t0, spikes)``, when given, sees the spikes ``[steps, B, ...]`` of layer i
+        for the steps starting at t0, before they are dropped (diagnostics).
+        """
         net = self.net
         B = images.shape[0]
         chunk = min(T, chunk or default_chunk(net, B, tuple(images.shape[2:])))
@@ -262,6 +266,8 @@ class Executor:
                 counts[i] += count_spikes(outs[i])
                 if t0 == 0:
                     neurons[i] = outs[i][0, 0].numel()
+                if observer is not None:
+                    observer(i, t0, outs[i])
                 if maps is not None:
                     m = outs[i].detach().sum((0, 1), dtype=torch.float64).cpu()
                     if m.shape != maps[i].shape:
@@ -317,13 +323,8 @@ class Executor:
             scores = (cend - cstart + squash(v)) / span * lam
         return scores if per_step else scores[0]
 
-    def analog(self, images: torch.Tensor, clip: bool = False) -> torch.Tensor:
-        """The description run with ReLU (``clip``: clamp to [0, 1]) in place of IF neurons.
-
-        A neuron of threshold θ passes relu(x)/θ (clip: clamp(x/θ, 0, 1)); the start membrane
-        and the bias schedule are not part of this view (they act on the spike timing).
-        Returns the readout ``[B, classes]`` times λ_out.
-        """
+    def analog_layers(self, images: torch.Tensor, clip: bool = False) -> list:
+        """Every layer's activation ``[1, B, ...]`` in the analog view (see :meth:`analog`)."""
         net = self.net
         acts: list = [None] * len(net.layers)
         stems = self.stem_currents(images.float())
@@ -344,7 +345,17 @@ class Executor:
                     cur = cur / channel_view(torch.as_tensor(thr, dtype=torch.float32), cur)
                 y = cur.clamp(0, 1) if clip else cur.clamp_min(0)
             acts[i] = y
-        return self.currents(net.output, acts)[0] * net.output_scale
+        return acts
+
+    def analog(self, images: torch.Tensor, clip: bool = False) -> torch.Tensor:
+        """The description run with ReLU (``clip``: clamp to [0, 1]) in place of IF neurons.
+
+        A neuron of threshold θ passes relu(x)/θ (clip: clamp(x/θ, 0, 1)); the start membrane
+        and the bias schedule are not part of this view (they act on the spike timing).
+        Returns the readout ``[B, classes]`` times λ_out.
+        """
+        acts = self.analog_layers(images, clip)
+        return self.currents(self.net.output, acts)[0] * self.net.output_scale
 
 
 def layer_of(net: Network, name: str) -> Layer:

@@ -24,11 +24,11 @@ def tiny(num_classes=4):
 TIMING = ("images_per_second", "convert_seconds", "world_size")
 
 
-def _eval(tmp_path, out: str, launcher: list[str]) -> dict:
+def _eval(tmp_path, out: str, launcher: list[str], *extra: str) -> dict:
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}", OMP_NUM_THREADS="1")
     cmd = [*launcher, "-m", "sresnet", "eval", "--model", "zoo:tiny", "--data", str(tmp_path / "test.npz"),
            "--calib-data", str(tmp_path / "calib.npz"), "--calib-size", "24", "--batch-size", "4", "--timesteps",
-           "4,8", "--horizon", "8", "--calib-subset", "8", "--cost", "--no-progress", "--json", str(tmp_path / out)]
+           "4,8", "--horizon", "8", "--calib-subset", "8", "--cost", "--no-progress", "--json", str(tmp_path / out), *extra]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads((tmp_path / out).read_text())
@@ -42,7 +42,9 @@ def test_torchrun_two_processes_equal_one(tmp_path):
              labels=rng.integers(0, 4, 13))
     np.savez(tmp_path / "calib.npz", images=rng.integers(0, 256, (24, 12, 12, 3), dtype=np.uint8),
              labels=rng.integers(0, 4, 24))
-    one = _eval(tmp_path, "one.json", [sys.executable])
+    one = _eval(tmp_path, "one.json", [sys.executable], "--diagnose", str(tmp_path / "diag"))
+    diag = json.loads((tmp_path / "diag" / "diagnosis.json").read_text())
+    assert diag["timesteps"] == 8 and len(diag["layers"]) == 2 and (tmp_path / "diag" / "diagnosis.png").is_file()
     two = _eval(tmp_path, "two.json", [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                        "--nproc-per-node", "2"])
     assert one["world_size"] == 1 and two["world_size"] == 2
