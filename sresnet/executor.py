@@ -49,8 +49,11 @@ def apply_op(op: tuple, x: torch.Tensor, backend=None) -> torch.Tensor:
     raise ValueError(f"unknown op {kind!r} in a network description")
 
 
-def count_spikes(s: torch.Tensor):
-    """Nonzero entries of a spike tensor; numpy's count on CPU is about 3x torch's."""
+def count_spikes(s: torch.Tensor, binary: bool = True):
+    """Spikes in a spike tensor: its nonzero entries when spikes are 0/1 (numpy's count on CPU
+    is about 3x torch's), else the sum of |s| (burst counts, signed spikes)."""
+    if not binary:
+        return int(s.detach().abs().sum(dtype=torch.int64))
     if s.device.type == "cpu":
         return int(np.count_nonzero(s.detach().numpy()))
     return torch.count_nonzero(s)
@@ -121,6 +124,10 @@ class Executor:
                  detach_reset: bool = False):
         self.net, self.backend = net, backend
         self.spike_dtype = torch.float32 if train else torch.uint8
+        # whether each layer's output is 0/1 (a max pool passes its source's spikes)
+        self.binary: list[bool] = []
+        for layer in net.layers:
+            self.binary.append(self.binary[layer.source] if layer.kind == "maxpool" else layer.neuron.binary)
         self.grad_kw = dict(surrogate=surrogate, detach_reset=detach_reset) if train else {}
 
     def term(self, term: Term, outs: list, exact: bool = False) -> torch.Tensor:
@@ -128,7 +135,14 @@ class Executor:
         x = outs[term.source]
         for op in term.pre:
             x = apply_op(op, x, self.backend)
-        if exact and term.kind in ("conv", "linear"):
+        if term.kind in ("conv", "linear") and term.source >= 0 and not self.binary[term.source] and not exact:
+            # burst counts / signed spikes: the event-driven kernels read 0/1 only; a dense float32 op
+            T, B = x.shape[:2]
+            x = x.reshape(T * B, *x.shape[2:]).float()
+            x = F.conv2d(x, term.weight, term.bias, term.stride, term.padding) if term.kind == "conv" \
+                else F.linear(x, term.weight, term.bias)
+            x = x.reshape(T, B, *x.shape[1:])
+        elif exact and term.kind in ("conv", "linear"):
             # the readout: computed in float64 and rounded once, so its float32 value does not
             # depend on how many steps are batched together (a float32 matmul's rounding can
             # depend on its row count); chunked and unchunked runs then agree bit for bit
@@ -194,6 +208,8 @@ class Executor:
         v0 = state if state is not None else nrn.v0
         kw = dict(return_state=True, spike_dtype=self.spike_dtype, backend=be, **self.grad_kw)
         rows = nrn.bias_rows(t0, steps)
+        if nrn.kind != "if":
+            return self._multibit(layer, outs, steps, v0, stem_current, rows)
         if layer.kind == "stem":
             cur = stem_current.expand(steps, *stem_current.shape[1:])
             if rows is not None:
@@ -234,6 +250,23 @@ class Executor:
             return sk.spike_conv2d(x, main.weight, main.bias, main.stride, main.padding, **kw)
         return sk.spike_linear(x, main.weight, main.bias, **kw)
 
+    def _multibit(self, layer: Layer, outs: list, steps: int, state, stem_current, rows):
+        """A burst or signed neuron layer: its whole input current, then the neuron's scan."""
+        nrn = layer.neuron
+        if layer.kind == "stem":
+            cur = stem_current.expand(steps, *stem_current.shape[1:])
+        else:
+            cur = self.currents(layer.terms(), outs)
+            if layer.bias is not None:
+                cur = cur + channel_view(layer.bias, cur)
+        if rows is not None:
+            cur = cur + rows.view(steps, 1, -1, *([1] * (cur.dim() - 3)))
+        if nrn.kind == "burst":
+            return sk.burst_scan(cur, nrn.threshold, state, nrn.max_spikes, return_state=True,
+                                 spike_dtype=torch.float32, backend=self.backend)
+        return sk.signed_scan(cur, nrn.threshold, state, return_state=True, spike_dtype=torch.float32,
+                              backend=self.backend)
+
     def simulate(self, images: torch.Tensor, T: int, per_step: bool = False, chunk: int | None = None,
                  record_maps: bool = False, observer=None):
         """Simulate ``T`` steps; returns ``(scores, stats)`` (see :meth:`SpikingNetwork.forward`).
@@ -263,13 +296,14 @@ class Executor:
             outs: list = [None] * n
             for i in range(n):
                 outs[i], states[i] = self.run_layer(i, outs, steps, states[i], stems.get(i), t0)
-                counts[i] += count_spikes(outs[i])
+                counts[i] += count_spikes(outs[i], self.binary[i])
                 if t0 == 0:
                     neurons[i] = outs[i][0, 0].numel()
                 if observer is not None:
                     observer(i, t0, outs[i])
                 if maps is not None:
-                    m = outs[i].detach().sum((0, 1), dtype=torch.float64).cpu()
+                    o = outs[i].detach()
+                    m = (o if self.binary[i] else o.abs()).sum((0, 1), dtype=torch.float64).cpu()
                     if m.shape != maps[i].shape:
                         maps[i] = torch.zeros(m.shape, dtype=torch.float64)
                     maps[i] += m

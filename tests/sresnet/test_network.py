@@ -153,7 +153,7 @@ def _assert_same(a, b, where="network"):
 
 def test_save_load_keeps_every_field(tmp_path):
     model = make("tiny_B_module")
-    snn = sresnet.convert(model, _images(16, 8, seed=2), calib_timesteps=8)
+    snn = sresnet.convert(model, _images(16, 8, seed=2), method="s-resnet", calib_timesteps=8)
     assert snn.scales and snn.compensation  # the conversion's metadata exists before saving
     snn.network.readout.delay = 3
     snn.layers[1].neuron.threshold = torch.linspace(0.5, 1.5, snn.layers[1].shape[0])
@@ -170,7 +170,8 @@ def test_save_load_keeps_every_field(tmp_path):
 def test_load_format_version_1(tmp_path):
     """Files written before the description/executor split (format 1) still load and run the same."""
     model = make("tiny_A_functional")
-    snn = sresnet.convert(model, _images(16, 8, seed=2), calib_timesteps=8)
+    # format 1 predates neuron parameters and readout delays: the paper preset's network
+    snn = sresnet.convert(model, _images(16, 8, seed=2), method="s-resnet", calib_timesteps=8)
     net = snn.network
     old = {
         "format": "sresnet.snn", "format_version": 1, "sresnet_version": "0.1.0", "readout": "membrane",
