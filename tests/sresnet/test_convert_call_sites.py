@@ -129,13 +129,20 @@ def test_every_call_site_is_folded_and_normalized_on_its_own(make, sites):
     assert len([l for l in snn.layers if l.kind != "maxpool"]) == sites
 
 
-def test_call_sites_keep_their_own_scales_through_compensation():
-    # per-site λ and the calibrated bias correction must also stay per call site
+@pytest.mark.parametrize("method", ["s-resnet", "lowlat"])
+def test_call_sites_keep_their_own_scales_through_compensation(method):
+    # per-site λ and the calibrated corrections (bias correction / bias schedule) stay per call site
     torch.manual_seed(1)
     model = randomize_bn(TiedConv("two"), seed=2).eval()
     x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(6))
-    snn = sresnet.convert(model, x, calib_timesteps=8, calib_subset=8)
+    snn = sresnet.convert(model, x, method=method, calib_timesteps=8, calib_subset=8, horizon=8)
     names = [l.name for l in snn.layers]
-    assert len(set(names)) == 3 and set(snn.compensation) == set(names)
+    assert len(set(names)) == 3 and set(names) <= set(snn.scales)
+    if method == "s-resnet":
+        assert set(snn.compensation) == set(names)
+    else:
+        schedules = [l.neuron.bias_schedule for l in snn.layers]
+        assert all(s is not None for s in schedules)
+        assert schedules[1].data_ptr() != schedules[2].data_ptr()
     w2, w3 = snn.layers[1].main.weight, snn.layers[2].main.weight
     assert w2.data_ptr() != w3.data_ptr() and not torch.equal(w2, w3)
