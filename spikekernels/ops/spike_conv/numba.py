@@ -29,6 +29,8 @@ from numba.extending import intrinsic
 
 from ... import _config
 from ..if_scan.numba import spike_buffer
+from . import numba_gather
+from .numba_rows import _SPREAD, _current_row, _if_row
 
 # bytes of the largest temporary (float input chunk or current chunk) of the dense path: well
 # under glibc's 32 MiB mmap threshold, so chunks are recycled heap memory, not fresh pages
@@ -36,8 +38,6 @@ CHUNK_BYTES = 8 * 2**20
 # input elements sampled to estimate the spike density
 DENSITY_SAMPLE = 1 << 16
 BLOCK = 2048
-# byte b -> uint64 whose byte j is bit j of b
-_SPREAD = np.array([sum(((b >> j) & 1) << (8 * j) for j in range(8)) for b in range(256)], np.uint64)
 
 
 def _axpy8_codegen(context, builder, signature, args):
@@ -97,59 +97,6 @@ def _phase_table(n_in, k, stride, pad, nt, width):
         # first output coordinate (i + pad - ph) // stride - (nt - 1), plus the margin nt - 1
         off[i] = ((i + pad - ph) // stride + skip[i]) * width
     return off, pha, skip, n_real
-
-
-@numba.njit(cache=True, fastmath=False, inline="always")
-def _if_row(arow, bi, sc, rr, th, vrow, sp, has_res, reset_zero, vr):
-    """IF update of one output row, channels-last ``[W', co_tile]``; clears the current.
-
-    Same float32 operations, in the same order, as ``if_scan``: ``x = (acc + b) + α·r``,
-    ``v = v + x``, ``s = v >= θ``, then the reset. Branches outside the loops so each vectorizes.
-    """
-    zero = np.float32(0.0)
-    n = arow.shape[0]
-    if has_res:
-        if reset_zero:
-            for j in range(n):
-                vi = vrow[j] + ((arow[j] + bi[j]) + sc[j] * np.float32(rr[j]))
-                arow[j] = zero
-                spk = vi >= th[j]
-                sp[j] = spk
-                vrow[j] = vr if spk else vi
-        else:
-            for j in range(n):
-                vi = vrow[j] + ((arow[j] + bi[j]) + sc[j] * np.float32(rr[j]))
-                arow[j] = zero
-                spk = vi >= th[j]
-                sp[j] = spk
-                vrow[j] = vi - (th[j] if spk else zero)
-    else:
-        if reset_zero:
-            for j in range(n):
-                vi = vrow[j] + (arow[j] + bi[j])
-                arow[j] = zero
-                spk = vi >= th[j]
-                sp[j] = spk
-                vrow[j] = vr if spk else vi
-        else:
-            for j in range(n):
-                vi = vrow[j] + (arow[j] + bi[j])
-                arow[j] = zero
-                spk = vi >= th[j]
-                sp[j] = spk
-                vrow[j] = vi - (th[j] if spk else zero)
-
-
-@numba.njit(cache=True, fastmath=False, inline="always")
-def _current_row(arow, bi, sc, rr, xr, has_res):
-    """``x = (acc + b) + α·r`` of one output row into ``xr`` (``neuron=False``); clears the current."""
-    zero = np.float32(0.0)
-    for j in range(arow.shape[0]):
-        xv = arow[j] + bi[j]
-        if has_res:
-            xv = xv + sc[j] * np.float32(rr[j])
-        xr[j] = xv
-        arow[j] = zero
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
@@ -477,5 +424,7 @@ def spike_conv2d(s, weight, bias, stride, padding, thr, v, out, reset_zero: bool
                  residual, res_scale, neuron: bool) -> None:
     if estimate_density(s) > _config.conv_dense_density():
         _dense(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual, res_scale, neuron)
-    else:
+    elif not numba_gather.gather(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual,
+                                 res_scale, neuron):
+        # not 0/1 (an analog input): the scatter kernel multiplies each weight by the input
         _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual, res_scale, neuron)
