@@ -43,7 +43,7 @@ from .numba_rows import _SPREAD, _current_row, _if_row, _spikes_out
 # accumulator vectors of 8 float32 per output pixel (ct = 8 * NV channels per tile); the
 # widest keeps 8 of AVX2's 16 ymm registers for the sums
 VECTORS = (1, 2, 4, 8)
-# rearranged weights kept between calls, most recent last: (weight tensor, version, rows)
+# rearranged weights kept between calls, most recent last: (weight, version, sample, rows)
 WEIGHT_CACHE_BYTES = 128 * 2**20
 _weight_cache: OrderedDict = OrderedDict()
 
@@ -282,18 +282,21 @@ def weight_rows(weight: torch.Tensor, ct: int) -> np.ndarray:
     (zeros past Cout and for the padded input channels). Rearranging a 512-channel 3x3
     weight (9.4 MB) costs more than the convolution at 10% density, so the rows are kept
     for the next call with the same weight: keyed by storage address and shape, valid while
-    the tensor's version counter is unchanged (any in-place update bumps it). Entries hold a
-    reference to the weight, so its address cannot be reused while cached; the least recently
-    used go first once the rows exceed WEIGHT_CACHE_BYTES. Inference tensors (no version
-    counter) are rearranged every call.
+    the tensor's version counter is unchanged (every in-place torch op bumps it) and a
+    strided sample of 1024 of its values is unchanged (catches most writes that bypass the
+    counter: ``.data``, numpy views). Entries hold a reference to the weight, so its address
+    cannot be reused while cached; the least recently used go first once the rows exceed
+    WEIGHT_CACHE_BYTES. Inference tensors (no version counter) are rearranged every call.
     """
+    flat = weight.numpy().reshape(-1)
+    sample = flat[::max(1, flat.shape[0] // 1024)]
     # inference tensors have no version counter: not cached
     cacheable = not weight.is_inference()
     key = (weight.data_ptr(), tuple(weight.shape), ct)
     hit = _weight_cache.get(key) if cacheable else None
-    if hit is not None and hit[0]._version == weight._version:
+    if hit is not None and hit[1] == weight._version and np.array_equal(hit[2], sample):
         _weight_cache.move_to_end(key)
-        return hit[2]
+        return hit[3]
     Cout, Cin, kh, kw = weight.shape
     Cb = -(-Cin // 8)
     n_tiles = -(-Cout // ct)
@@ -303,10 +306,10 @@ def weight_rows(weight: torch.Tensor, ct: int) -> np.ndarray:
     wg = np.ascontiguousarray(wg.reshape(-1, n_tiles, ct).transpose(1, 0, 2)).reshape(n_tiles, -1)
     if not cacheable:
         return wg
-    _weight_cache[key] = (weight, weight._version, wg)
-    total = sum(e[2].nbytes for e in _weight_cache.values())
+    _weight_cache[key] = (weight, weight._version, sample.copy(), wg)
+    total = sum(e[3].nbytes for e in _weight_cache.values())
     while total > WEIGHT_CACHE_BYTES and len(_weight_cache) > 1:
-        total -= _weight_cache.popitem(last=False)[1][2].nbytes
+        total -= _weight_cache.popitem(last=False)[1][3].nbytes
     return wg
 
 
