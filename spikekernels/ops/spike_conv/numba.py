@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 from ... import _config
 from ..if_scan.numba import spike_buffer
 from . import numba_gather
-from .numba_rows import _SPREAD, _current_row, _if_row
+from .numba_rows import _SPREAD, _current_row, _if_row, _residual_in, _spikes_out
 
 # bytes of the largest temporary (float input chunk or current chunk) of the dense path: well
 # under glibc's 32 MiB mmap threshold, so chunks are recycled heap memory, not fresh pages
@@ -199,27 +199,7 @@ def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res,
             ot = out[t, b]
             tr = 0 if const_res else t
             if fast_res:
-                # uint8 residual to channels-last 8 channels x 8 pixels at a time (the spike
-                # transpose run backwards); blocks with a value other than 0/1 are copied bytewise
-                rw = res_words[tr]
-                cg = ct // 8
-                for g in range(cg):
-                    kn = min(8, nc - 8 * g)
-                    w_lo = ((b * Cout + c0 + 8 * g) * P) // 8
-                    for pb in range(P // 8):
-                        m = np.uint64(0)
-                        big = np.uint64(0)
-                        for k in range(kn):
-                            wv = rw[w_lo + k * (P // 8) + pb]
-                            big |= wv
-                            m |= wv << np.uint64(k)
-                        if big & np.uint64(0xFEFEFEFEFEFEFEFE):
-                            for k in range(kn):
-                                for j in range(8):
-                                    rr8[(pb * 8 + j) * ct + 8 * g + k] = res[tr, (b * Cout + c0 + 8 * g + k) * P + pb * 8 + j]
-                        else:
-                            for j in range(8):
-                                rr8w[(pb * 8 + j) * cg + g] = spread[np.int64((m >> np.uint64(8 * j)) & np.uint64(0xFF))]
+                _residual_in(res_words[tr], res[tr], rr8, rr8w, ct, nc, P, b * Cout + c0, spread)
             elif has_res:
                 for c in range(nc):
                     src = res[tr, (b * Cout + c0 + c) * P:(b * Cout + c0 + c + 1) * P]
@@ -243,29 +223,13 @@ def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res,
                             reset_zero, vr)
                 else:
                     _current_row(arow, bi, sc, rrow, xr[oy * WC:(oy + 1) * WC], has_res)
-            if fast_out:
-                # 8 pixels x 8 channels at a time: OR the 8 pixel words (one 0/1 byte per
-                # channel) shifted by the pixel into one bit matrix, then spread each channel's
-                # byte of it back to 8 bytes through a table: one uint64 store per 8 spikes
-                ow = out_words[t, b]
-                cg = ct // 8
-                for g in range(cg):
-                    kn = min(8, nc - 8 * g)
-                    for pb in range(P // 8):
-                        m = np.uint64(0)
-                        for j in range(8):
-                            m |= spw[(pb * 8 + j) * cg + g] << np.uint64(j)
-                        for k in range(kn):
-                            ow[c0 + 8 * g + k, pb] = spread[np.int64((m >> np.uint64(8 * k)) & np.uint64(0xFF))]
+            if neuron:
+                _spikes_out(spw, ct, nc, P, ot, out_words[t, b], c0, spread, fast_out)
                 continue
             for c in range(nc):
                 orow = ot[c0 + c]
-                if neuron:
-                    for p in range(P):
-                        orow[p] = sp[p * ct + c]
-                else:
-                    for p in range(P):
-                        orow[p] = xr[p * ct + c]
+                for p in range(P):
+                    orow[p] = xr[p * ct + c]
         if neuron:
             for c in range(nc):
                 base = (b * Cout + c0 + c) * P

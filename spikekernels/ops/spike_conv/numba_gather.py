@@ -38,7 +38,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..if_scan.numba import spike_buffer
-from .numba_rows import _SPREAD, _current_row, _if_row, _spikes_out
+from .numba_rows import _SPREAD, _current_row, _if_row, _residual_in, _spikes_out
 
 # accumulator vectors of 8 float32 per output pixel (ct = 8 * NV channels per tile); the
 # widest keeps 8 of AVX2's 16 ymm registers for the sums
@@ -183,7 +183,7 @@ def _pack(s, pk, H, W, Cb, Wp, ph, pw):
 
 @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v, out,
-                   out_words, fast_out, spread, reset_zero, v_reset, res, has_res, neuron):
+                   out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron):
     """Conv + IF, one work item per (image, channel tile of ``ct = 8 nv``), T loop inside.
 
     ``pk [T, B, bytes]`` bits from ``_pack``; ``toff``/``wrow``/``mask`` per receptive-field
@@ -191,7 +191,9 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
     ``wg [n_tiles, rows * ct]`` float32 weight rows. Per step and output row: ``_gather_sum``
     of each pixel into the channels-last row ``acc [W', ct]``, then the IF of the whole row
     (or the current when not ``neuron``) with the membrane channels-last too; per step the
-    spikes go to ``out [T, B, Cout, H'W']`` (``fast_out``: uint8 through ``out_words``).
+    spikes go to ``out [T, B, Cout, H'W']`` (``fast_out``: uint8 through ``out_words``). A
+    uint8 residual comes in channels-last once per step through ``res_words`` (``fast_res``),
+    any other residual row by row.
     """
     T, B = pk.shape[:2]
     ct = 8 * nv
@@ -216,6 +218,8 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
         spw = np.zeros(P * nv if neuron else 1, np.uint64)
         sp = spw.view(np.uint8)
         xr = np.zeros(1 if neuron else P * ct, np.float32)
+        rr8w = np.zeros(P * nv if fast_res else 1, np.uint64)
+        rr8 = rr8w.view(np.uint8)
         for ox in range(Wo):
             for c in range(nc):
                 th[ox * ct + c] = thr[(c0 + c) % n_thr]
@@ -229,16 +233,25 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
         wt = wg[tile]
         for t in range(T):
             pt = pk[t, b]
-            rt = res[0 if const_res else t] if has_res else res[0]
+            tr = 0 if const_res else t
+            rt = res[tr] if has_res else res[0]
+            if fast_res:
+                _residual_in(res_words[tr], rt, rr8, rr8w, ct, nc, P, b * Cout + c0, spread)
             for oy in range(Ho):
                 for ox in range(Wo):
                     _gather_sum(nv, pt, (oy * sy * Wp + ox * sx) * Cb, toff, wrow, mask, nw, wt, acc, ox * ct)
+                lo = oy * WC
+                if fast_res:
+                    if neuron:
+                        _if_row(acc, bi, sc, rr8[lo:lo + WC], th, vl[lo:lo + WC], sp[lo:lo + WC], True, reset_zero, vr)
+                    else:
+                        _current_row(acc, bi, sc, rr8[lo:lo + WC], xr[lo:lo + WC], True)
+                    continue
                 if has_res:
                     for c in range(nc):
                         src = rt[(b * Cout + c0 + c) * P + oy * Wo:(b * Cout + c0 + c) * P + (oy + 1) * Wo]
                         for ox in range(Wo):
                             rr[ox * ct + c] = np.float32(src[ox])
-                lo = oy * WC
                 if neuron:
                     _if_row(acc, bi, sc, rr, th, vl[lo:lo + WC], sp[lo:lo + WC], has_res, reset_zero, vr)
                 else:
@@ -353,9 +366,12 @@ def gather(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, r
     # uint8 spikes, whole 8-byte words per channel row: written 8 pixels x 8 channels at a time
     fast_out = neuron and out4.dtype == np.uint8 and (Ho * Wo) % 8 == 0
     out_words = out4.view(np.uint64) if fast_out else np.zeros((1, 1, 1, 1), np.uint64)
+    # uint8 residual, whole 8-byte words per channel row: read 8 pixels x 8 channels at a time
+    fast_res = res_np.dtype == np.uint8 and (Ho * Wo) % 8 == 0 and res_np.flags.c_contiguous
+    res_words = res_np.view(np.uint64) if fast_res else np.zeros((1, 1), np.uint64)
     _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias.numpy(), thr.numpy(),
                    rs.numpy(), v_np, out4, out_words, fast_out, _SPREAD, reset_zero, v_reset, res_np,
-                   res is not None, neuron)
+                   res is not None, res_words, fast_res, neuron)
     if stage is not None:
         out.copy_(stage)
     return True

@@ -94,3 +94,31 @@ def _spikes_out(spw, ct, nc, P, ot, ow, c0, spread, words):
             orow = ot[c0 + c]
             for p in range(P):
                 orow[p] = sp[p * ct + c]
+
+
+@numba.njit(cache=True, inline="always")
+def _residual_in(rw, rt, rr8, rr8w, ct, nc, P, row0, spread):
+    """uint8 residual rows ``row0 .. row0+nc`` of ``rt [rows * P]`` to channels-last ``rr8 [P, ct]``.
+
+    ``rw`` is ``rt`` viewed as uint64 (P a multiple of 8), ``rr8w`` is ``rr8`` viewed as
+    uint64. 8 channels x 8 pixels at a time (the spike transpose of ``_spikes_out`` run
+    backwards); blocks with a value other than 0/1 are copied bytewise.
+    """
+    cg = ct // 8
+    for g in range(cg):
+        kn = min(8, nc - 8 * g)
+        w_lo = ((row0 + 8 * g) * P) // 8
+        for pb in range(P // 8):
+            m = np.uint64(0)
+            big = np.uint64(0)
+            for k in range(kn):
+                wv = rw[w_lo + k * (P // 8) + pb]
+                big |= wv
+                m |= wv << np.uint64(k)
+            if big & np.uint64(0xFEFEFEFEFEFEFEFE):
+                for k in range(kn):
+                    for j in range(8):
+                        rr8[(pb * 8 + j) * ct + 8 * g + k] = rt[(row0 + 8 * g + k) * P + pb * 8 + j]
+            else:
+                for j in range(8):
+                    rr8w[(pb * 8 + j) * cg + g] = spread[np.int64((m >> np.uint64(8 * j)) & np.uint64(0xFF))]
