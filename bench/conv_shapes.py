@@ -17,6 +17,10 @@ left out, as is ResNet-20's stem.
     PYTHONPATH=. .venv/bin/python bench/conv_shapes.py                  # B=32, T=32, 5 rounds
     PYTHONPATH=. .venv/bin/python bench/conv_shapes.py --quick          # < 3 min: T=8, 3 rounds
     PYTHONPATH=. .venv/bin/python bench/conv_shapes.py --dtype float32  # float32 spikes in and out
+    PYTHONPATH=. .venv/bin/python bench/conv_shapes.py --crossover 0.2 0.3 0.4 0.5 --quick
+
+``--crossover D ...`` times instead, at each input density D, the op with the switch forced
+to the gather kernel (SPIKEKERNELS_CONV_DENSE_DENSITY=1) and to its dense path (=0).
 """
 
 from __future__ import annotations
@@ -99,10 +103,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", choices=["uint8", "float32"], default="uint8")
     p.add_argument("--quick", action="store_true", help="T=8, 3 rounds (under 3 minutes)")
     p.add_argument("--only", default="", help="substring of the shape names to run")
+    p.add_argument("--crossover", type=float, nargs="*", default=None, help="densities: gather vs dense path")
     args = p.parse_args(argv)
     if args.quick:
         args.timesteps, args.rounds = 8, 3
     dtype = getattr(torch, args.dtype)
+    if args.crossover:
+        crossover(args, dtype)
+        return
     print(f"B={args.batch} T={args.timesteps} density={args.density} spikes {args.dtype}, "
           f"{args.rounds} rounds after 1 warm-up; torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.2f}")
@@ -133,6 +141,31 @@ def main(argv: list[str] | None = None) -> None:
               f"{med['dense'] / med['gather']:11.2f}x {med['dense'] / med['scatter']:12.2f}x  {gsyn:6.1f}",
               flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
+
+
+def crossover(args, dtype: torch.dtype) -> None:
+    """Gather kernel vs the op's own dense path at each density (medians, interleaved)."""
+    print(f"B={args.batch} T={args.timesteps} spikes {args.dtype}, {args.rounds} rounds; "
+          f"load average {os.getloadavg()[0]:.2f}; cells: dense-path ms / gather ms")
+    print(f"{'layer':22s} " + " ".join(f"{f'd={d:g}':>16s}" for d in args.crossover))
+    for name, shape in SHAPES.items():
+        if args.only not in name:
+            continue
+        _, _, _, _, stride, padding = shape
+        cells = []
+        for density in args.crossover:
+            s, w, b = inputs(shape, density, args.batch, args.timesteps, dtype)
+            times: dict = {"1.0": [], "0.0": []}
+            for _ in range(args.rounds + 1):
+                for switch in times:
+                    os.environ["SPIKEKERNELS_CONV_DENSE_DENSITY"] = switch
+                    t0 = time.perf_counter()
+                    sk.spike_conv2d(s, w, b, stride=stride, padding=padding, backend="numba")
+                    times[switch].append(time.perf_counter() - t0)
+            g, d = (statistics.median(times[k][1:]) * 1e3 for k in ("1.0", "0.0"))
+            cells.append(f"{d:7.1f} /{g:7.1f}")
+        print(f"{name:22s} " + " ".join(f"{c:>16s}" for c in cells), flush=True)
+    os.environ.pop("SPIKEKERNELS_CONV_DENSE_DENSITY", None)
 
 
 if __name__ == "__main__":
