@@ -1,7 +1,7 @@
 """End to end, ResNet-20: sresnet with the gather conv kernel vs the scatter kernel vs the ANN x T.
 
 One process, providers interleaved round by round, medians; predictions of the two kernels
-compared first. ``--profile`` adds a cProfile of one gather run (top functions by own time).
+compared first. ``--profile`` adds a cProfile of one run of each kernel (top functions by own time).
 Needs the shared checkpoint and CIFAR-10 (``../shared``).
 
     PYTHONPATH=. .venv/bin/python bench/e2e_gather.py --timesteps 128 --rounds 3 --profile
@@ -66,9 +66,11 @@ def main(argv: list[str] | None = None) -> None:
               f"gather faster by {s / med['gather']:.2f}x")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     if args.profile:
-        prof = cProfile.Profile()
-        prof.runcall(gather)
-        pstats.Stats(prof).sort_stats("tottime").print_stats(12)
+        for k in ("scatter", "gather"):
+            print(f"profile of one {k} run:")
+            prof = cProfile.Profile()
+            prof.runcall(fns[k])
+            pstats.Stats(prof).sort_stats("tottime").print_stats(8)
 
 
 if __name__ == "__main__":
