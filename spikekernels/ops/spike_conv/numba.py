@@ -1,6 +1,10 @@
 """Numba CPU kernels of the spiking convolution: event-driven below a spike density, dense above.
 
-Event-driven path (``_event_kernel``): one work item per (image, output-channel tile), the
+Below the density switch, 0/1 inputs go to the gather kernel (``numba_gather.py``:
+output-stationary on bit-packed spikes); inputs with other values (an analog input) to the
+scatter kernel here, which multiplies each weight slice by the input value.
+
+Scatter kernel (``_event_kernel``): one work item per (image, output-channel tile), the
 T loop inside. At each step the input spikes are gathered into a compact list (8 input bytes
 per word read, silent words skipped), then every spike adds its weight slices into an output
 current buffer kept channels-last ``[H'*W', Cout]`` as explicit 8-float vector adds; stride
