@@ -27,6 +27,7 @@ falls back to the scatter kernel for them.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import numba
@@ -46,6 +47,7 @@ VECTORS = (1, 2, 4, 8)
 # rearranged weights kept between calls, most recent last: (weight, version, sample, rows)
 WEIGHT_CACHE_BYTES = 128 * 2**20
 _weight_cache: OrderedDict = OrderedDict()
+_weight_cache_lock = threading.Lock()
 
 
 def _gather_codegen(nv: int):
@@ -306,10 +308,11 @@ def weight_rows(weight: torch.Tensor, ct: int) -> np.ndarray:
     # inference tensors have no version counter: not cached
     cacheable = not weight.is_inference()
     key = (weight.data_ptr(), tuple(weight.shape), ct)
-    hit = _weight_cache.get(key) if cacheable else None
-    if hit is not None and hit[1] == weight._version and np.array_equal(hit[2], sample):
-        _weight_cache.move_to_end(key)
-        return hit[3]
+    with _weight_cache_lock:
+        hit = _weight_cache.get(key) if cacheable else None
+        if hit is not None and hit[1] == weight._version and np.array_equal(hit[2], sample):
+            _weight_cache.move_to_end(key)
+            return hit[3]
     Cout, Cin, kh, kw = weight.shape
     Cb = -(-Cin // 8)
     n_tiles = -(-Cout // ct)
@@ -319,10 +322,11 @@ def weight_rows(weight: torch.Tensor, ct: int) -> np.ndarray:
     wg = np.ascontiguousarray(wg.reshape(-1, n_tiles, ct).transpose(1, 0, 2)).reshape(n_tiles, -1)
     if not cacheable:
         return wg
-    _weight_cache[key] = (weight, weight._version, sample.copy(), wg)
-    total = sum(e[3].nbytes for e in _weight_cache.values())
-    while total > WEIGHT_CACHE_BYTES and len(_weight_cache) > 1:
-        total -= _weight_cache.popitem(last=False)[1][3].nbytes
+    with _weight_cache_lock:
+        _weight_cache[key] = (weight, weight._version, sample.copy(), wg)
+        total = sum(e[3].nbytes for e in _weight_cache.values())
+        while total > WEIGHT_CACHE_BYTES and len(_weight_cache) > 1:
+            total -= _weight_cache.popitem(last=False)[1][3].nbytes
     return wg
 
 
