@@ -15,9 +15,10 @@ input spike's weights into a current buffer in memory). Here each output pixel g
    (``wg [tile, kh, kw * 8 * Cb, ct]``, row = bit index) into ``ct / 8`` accumulator vectors
    that stay in registers; only the sum goes to memory, once. Padding and skipped channels
    are zero bits, so there are no bounds checks.
-3. The IF update of that pixel follows at once (same float32 operations, in the same order,
-   as ``if_scan``: ``x = (sum + b) + α·r``, ``v = v + x``), on a channels-last membrane that
-   stays in cache, and the spikes are written to ``out`` directly.
+3. Once a row of output pixels is summed, the IF update runs over the whole row
+   channels-last (``numba_rows._if_row``: the float32 operations of ``if_scan`` in its
+   order, ``x = (sum + b) + α·r``, ``v = v + x``), on a channels-last membrane that stays in
+   cache for the T loop; after each step the spikes are transposed to ``out``.
 
 Work per output neuron-step: one word per 64 receptive-field inputs plus ``ct / 8`` vector
 adds per active input; no current buffer is written and read back and silent inputs cost
@@ -338,7 +339,9 @@ def _vectors(Cout: int, B: int, threads: int) -> int:
     return nv
 
 
-def gather(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, res, rs, neuron) -> bool:
+def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tuple[int, int],
+           padding: tuple[int, int], thr: torch.Tensor, v: torch.Tensor | None, out: torch.Tensor, reset_zero: bool,
+           v_reset: float, res: torch.Tensor | None, rs: torch.Tensor, neuron: bool) -> bool:
     """Run the bit-packed output-stationary kernel; False (nothing written) if ``s`` is not 0/1.
 
     Same contract as ``reference.spike_conv2d`` (see spike_conv/README.md).
