@@ -36,25 +36,34 @@ def _inputs(layer: str, density: float, device="cpu", batch=B, steps=T):
 
 
 class DenseIF:
-    """torch conv2d on chunks of steps (no tensor over 32 MiB) + in-place IF, buffers reused."""
+    """torch conv2d on chunks of steps (no tensor over 32 MiB) + in-place IF, buffers reused.
 
-    def __init__(self, s, w, b, threshold=1.0):
+    Spikes out as ``out_dtype`` (uint8 by default; float32 to match a float32 spike input).
+    """
+
+    def __init__(self, s, w, b, threshold=1.0, stride=1, padding=1, out_dtype=torch.uint8):
         T_, B_, C, H, W = s.shape
-        self.step_bytes = 4 * B_ * C * H * W
+        Ho = (H + 2 * padding - w.shape[2]) // stride + 1
+        Wo = (W + 2 * padding - w.shape[3]) // stride + 1
+        self.step_bytes = 4 * B_ * max(C * H * W, w.shape[0] * Ho * Wo)
         self.tc = max(1, min(T_, CHUNK_BYTES // self.step_bytes // 2))
         self.w, self.b, self.thr = w, b, threshold
+        self.stride, self.padding, self.out_dtype = stride, padding, out_dtype
         self.s_f = torch.empty((self.tc * B_, C, H, W), device=s.device)
-        self.v = torch.empty((B_, w.shape[0], H, W), device=s.device)
+        self.v = torch.empty((B_, w.shape[0], Ho, Wo), device=s.device)
         self.spk = torch.empty_like(self.v, dtype=torch.bool)
 
     def __call__(self, s):
         T_, B_ = s.shape[:2]
-        out = torch.empty((T_, B_) + self.v.shape[1:], dtype=torch.uint8, device=s.device)
+        out = torch.empty((T_, B_) + self.v.shape[1:], dtype=self.out_dtype, device=s.device)
         self.v.fill_(self.thr / 2)
         for t0 in range(0, T_, self.tc):
             t1 = min(T_, t0 + self.tc)
-            chunk = self.s_f[: (t1 - t0) * B_].copy_(s[t0:t1].flatten(0, 1))
-            x = F.conv2d(chunk, self.w, self.b, padding=1).view((t1 - t0, B_) + self.v.shape[1:])
+            chunk = s[t0:t1].flatten(0, 1)
+            if chunk.dtype != torch.float32:
+                chunk = self.s_f[: (t1 - t0) * B_].copy_(chunk)
+            x = F.conv2d(chunk, self.w, self.b, stride=self.stride, padding=self.padding)
+            x = x.view((t1 - t0, B_) + self.v.shape[1:])
             for t in range(t1 - t0):
                 self.v.add_(x[t])
                 torch.ge(self.v, self.thr, out=self.spk)

@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import spikekernels as sk
+from spikekernels.ops.spike_conv import numba_gather
 from spikekernels.testing import assert_close, assert_spikes_match, membrane_trace
 
 PROFILE = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -121,7 +122,8 @@ def test_pool_properties(backend, case):
 def conv_cases(draw):
     T = draw(st.integers(1, 4))
     B = draw(st.integers(1, 2))
-    cin, cout = draw(st.integers(1, 4)), draw(st.integers(1, 6))
+    # below, at and past the Numba kernels' 8-channel vectors and 8-bit input groups
+    cin, cout = draw(st.sampled_from([1, 2, 3, 4, 8, 9, 17])), draw(st.sampled_from([1, 3, 5, 6, 8, 9, 20]))
     k = draw(st.sampled_from([1, 3]))
     stride = draw(st.integers(1, 2))
     pad = draw(st.integers(0, 1))
@@ -131,27 +133,47 @@ def conv_cases(draw):
     reset = draw(st.sampled_from(["subtract", "zero"]))
     seed = draw(st.integers(0, 2**16))
     split = draw(st.integers(0, T))
-    return T, B, cin, cout, k, stride, pad, h, w, density, thr, reset, seed, split
+    res_kind = draw(st.sampled_from(["none", "spikes", "current"]))
+    return T, B, cin, cout, k, stride, pad, h, w, density, thr, reset, seed, split, res_kind
 
 
+@pytest.mark.parametrize("kernel", ["default", "scatter"])
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=conv_cases())
-def test_spike_conv_properties(backend, case):
-    T, B, cin, cout, k, stride, pad, h, w, density, thr, reset, seed, split = case
+def test_spike_conv_properties(backend, kernel, case):
+    """Below the dense switch 0/1 inputs take Numba's gather kernel ("default"); "scatter"
+    makes it decline so the scatter kernel (the one analog inputs get) runs instead."""
+    if kernel == "scatter" and backend != "numba":
+        pytest.skip("only the Numba backend has a scatter kernel")
+    with pytest.MonkeyPatch.context() as mp:
+        if kernel == "scatter":
+            mp.setattr(numba_gather, "gather", lambda *args: False)
+        _spike_conv_properties(backend, case)
+
+
+def _spike_conv_properties(backend, case):
+    T, B, cin, cout, k, stride, pad, h, w, density, thr, reset, seed, split, res_kind = case
     g = torch.Generator().manual_seed(seed)
     s = (torch.rand(T, B, cin, h, w, generator=g) < density).to(torch.uint8)
     wt = torch.randn(cout, cin, k, k, generator=g) * 0.7
     b = torch.randn(cout, generator=g) * 0.2
-    kw = dict(stride=stride, padding=pad, threshold=thr, reset=reset)
-    cur = sk.spike_conv2d(s, wt, b, stride=stride, padding=pad, neuron=False, backend="reference")
-    assert_close(sk.spike_conv2d(s, wt, b, stride=stride, padding=pad, neuron=False, backend=backend), cur,
+    out_shape = (T, B, cout, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
+    res = {"none": None,
+           "spikes": (torch.rand(out_shape, generator=g) < 0.3).to(torch.uint8),
+           "current": torch.randn(out_shape, generator=g) * 0.3}[res_kind]
+    conv = dict(stride=stride, padding=pad, residual=res, residual_scale=0.7)
+    kw = dict(conv, threshold=thr, reset=reset)
+    cur = sk.spike_conv2d(s, wt, b, **conv, neuron=False, backend="reference")
+    assert_close(sk.spike_conv2d(s, wt, b, **conv, neuron=False, backend=backend), cur,
                  rtol=1e-5, atol=1e-5, name="currents")
     s_ref = sk.spike_conv2d(s, wt, b, backend="reference", **kw)
     out, v = sk.spike_conv2d(s, wt, b, backend=backend, return_state=True, **kw)
     assert_spikes_match(out, s_ref, membrane_trace(cur, thr, None, reset), threshold=thr)
     if 0 < split < T:
-        o1, v1 = sk.spike_conv2d(s[:split], wt, b, backend=backend, return_state=True, **kw)
-        o2 = sk.spike_conv2d(s[split:], wt, b, backend=backend, v0=v1, **kw)
+        first = dict(kw, residual=None if res is None else res[:split])
+        second = dict(kw, residual=None if res is None else res[split:])
+        o1, v1 = sk.spike_conv2d(s[:split], wt, b, backend=backend, return_state=True, **first)
+        o2 = sk.spike_conv2d(s[split:], wt, b, backend=backend, v0=v1, **second)
         # above the dense-path density the conv runs on batches of a different size, so
         # near-threshold flips are possible; everything else must match
         assert_spikes_match(torch.cat([o1, o2]), s_ref, membrane_trace(cur, thr, None, reset), threshold=thr)

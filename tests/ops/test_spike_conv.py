@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 import spikekernels as sk
 from spikekernels.ops.spike_conv import numba as sc_numba
+from spikekernels.ops.spike_conv import numba_gather
 from spikekernels.testing import assert_close, assert_spikes_match, membrane_trace
 
 # (T, B, Cin, Cout, H, W, k, stride, padding): T=1, primes, odd sizes, kernel 1 and 3, stride 1
@@ -20,15 +21,21 @@ CASES = [
     (2, 2, 8, 9, 16, 16, 3, 2, 1),
 ]
 IDS = ["T1-k3s1p1", "T4-k1s1p0", "T3-k3s2p1-B1", "T5-k3s2p0", "T2-k3s1p0-B1", "T3-8x8-k3s1p1", "T2-16x16-k3s2p1"]
-PATHS = ["event", "dense"]
+PATHS = ["gather", "scatter", "dense"]
 
 
 @pytest.fixture(params=PATHS)
 def path(request, backend, monkeypatch):
-    """Numba's event-driven and dense paths, forced through the density switch."""
-    if backend != "numba" and request.param == "dense":
-        pytest.skip("only the Numba backend has a dense path")
-    monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", "1.0" if request.param == "event" else "0.0")
+    """Numba's two event-driven kernels and its dense path, forced through the density switch.
+
+    "gather" (bit-packed, output-stationary) is what 0/1 inputs get; "scatter" is what
+    analog inputs get, forced here on spikes too by making the gather kernel decline.
+    """
+    if backend != "numba" and request.param != "gather":
+        pytest.skip("only the Numba backend has a scatter kernel and a dense path")
+    monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", "0.0" if request.param == "dense" else "1.0")
+    if request.param == "scatter":
+        monkeypatch.setattr(numba_gather, "gather", lambda *args: False)
     return request.param
 
 
@@ -180,12 +187,95 @@ def test_density_switch_picks_the_dense_path(monkeypatch):
     s, w, b, conv_kw, _ = _case(CASES[0], density=0.5)
     calls = []
     monkeypatch.setattr(sc_numba, "_dense", lambda *a: calls.append("dense"))
-    monkeypatch.setattr(sc_numba, "_event", lambda *a: calls.append("event"))
+    monkeypatch.setattr(numba_gather, "gather", lambda *a: calls.append("gather") or True)
     monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", "0.3")
     sk.spike_conv2d(s, w, b, **conv_kw, backend="numba")
     sk.spike_conv2d((s[:, :, :, :, :] * 0).contiguous(), w, b, **conv_kw, backend="numba")
-    assert calls == ["dense", "event"]
+    assert calls == ["dense", "gather"]
     assert abs(sc_numba.estimate_density(s) - 0.5) < 0.1
+
+
+# (T, B, Cin, Cout, H, W, (kh, kw), (sy, sx), (py, px)): channel counts below, across and far
+# past the 8-channel vector and the 64-bit word (several words per kernel row, several
+# channel tiles), non-square kernels, strides and paddings, T=1, prime sizes
+GATHER_CASES = [
+    (1, 3, 1, 1, 5, 7, (3, 3), (1, 1), (1, 1)),
+    (3, 2, 9, 17, 7, 5, (3, 5), (2, 1), (1, 2)),
+    (2, 1, 70, 130, 5, 6, (3, 3), (1, 2), (0, 1)),
+    (4, 2, 24, 10, 11, 3, (1, 1), (2, 2), (0, 0)),
+    (2, 5, 3, 64, 9, 9, (5, 3), (3, 2), (2, 0)),
+]
+
+
+@pytest.mark.parametrize("case", GATHER_CASES, ids=[f"case{i}" for i in range(len(GATHER_CASES))])
+@pytest.mark.parametrize("res_kind", ["none", "uint8", "float"])
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_gather_kernel_shape_classes(monkeypatch, case, res_kind, reset):
+    T, B, Cin, Cout, H, W, k, st, pad = case
+    monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", "1.0")
+    ran = []
+    real = numba_gather.gather
+    monkeypatch.setattr(numba_gather, "gather", lambda *a: ran.append(1) or real(*a))
+    g = torch.Generator().manual_seed(11)
+    s = (torch.rand(T, B, Cin, H, W, generator=g) < 0.25).to(torch.uint8)
+    w = torch.randn(Cout, Cin, *k, generator=g) * (3.0 / (Cin * k[0] * k[1])) ** 0.5
+    b = torch.randn(Cout, generator=g) * 0.1
+    conv_kw = dict(stride=st, padding=pad)
+    Ho, Wo = (H + 2 * pad[0] - k[0]) // st[0] + 1, (W + 2 * pad[1] - k[1]) // st[1] + 1
+    res = {"none": None,
+           "uint8": (torch.rand(T, B, Cout, Ho, Wo, generator=g) < 0.3).to(torch.uint8),
+           "float": torch.randn(T, B, Cout, Ho, Wo, generator=g) * 0.3}[res_kind]
+    kw = dict(residual=res, residual_scale=torch.linspace(-0.5, 1.0, Cout), reset=reset, v_reset=-0.2)
+    cur = sk.spike_conv2d(s, w, b, **conv_kw, neuron=False, backend="numba", residual=res,
+                          residual_scale=kw["residual_scale"])
+    ref_cur = sk.spike_conv2d(s, w, b, **conv_kw, neuron=False, backend="reference", residual=res,
+                              residual_scale=kw["residual_scale"])
+    assert_close(cur, ref_cur, rtol=1e-5, atol=1e-5, name="currents")
+    out, v = sk.spike_conv2d(s, w, b, **conv_kw, backend="numba", return_state=True, **kw)
+    ref, v_ref = sk.spike_conv2d(s, w, b, **conv_kw, backend="reference", return_state=True, **kw)
+    trace = membrane_trace(ref_cur, 1.0, None, reset, -0.2)
+    if assert_spikes_match(out, ref, trace) == 0:
+        assert_close(v, v_ref, rtol=1e-5, atol=1e-5, name="membrane")
+    assert len(ran) == 2, "the gather kernel should have run (0/1 input below the dense switch)"
+    assert 0 < ref.sum() < ref.numel()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_non_binary_input_takes_the_scatter_kernel(monkeypatch, dtype):
+    """Inputs other than 0/1 cannot be bits: the gather kernel declines, the scatter kernel runs."""
+    monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", "1.0")
+    g = torch.Generator().manual_seed(12)
+    mask = torch.rand(3, 2, 5, 8, 8, generator=g) < 0.2
+    values = (torch.rand(mask.shape, generator=g) * 3).floor() + 1 if dtype == torch.uint8 else \
+        torch.rand(mask.shape, generator=g) * 2
+    s = (values * mask).to(dtype)
+    assert (s > 1).any()
+    w = torch.randn(6, 5, 3, 3, generator=g) * 0.3
+    scatter = []
+    real = sc_numba._event
+    monkeypatch.setattr(sc_numba, "_event", lambda *a: scatter.append(1) or real(*a))
+    cur = sk.spike_conv2d(s, w, padding=1, neuron=False, backend="numba")
+    assert_close(cur, sk.spike_conv2d(s, w, padding=1, neuron=False, backend="reference"), rtol=1e-5, atol=1e-5)
+    assert scatter == [1]
+
+
+def test_weight_rows_follow_in_place_updates():
+    """The rearranged weight is cached per tensor; an in-place change must not serve stale rows."""
+    s, w, b, conv_kw, _ = _case(CASES[5], seed=13)
+    first = sk.spike_conv2d(s, w, b, **conv_kw, neuron=False, backend="numba")
+    w.mul_(-2.0)
+    second = sk.spike_conv2d(s, w, b, **conv_kw, neuron=False, backend="numba")
+    assert_close(second, sk.spike_conv2d(s, w, b, **conv_kw, neuron=False, backend="reference"),
+                 rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(first, second)
+    # a write that bypasses the version counter is caught by the sampled values
+    w.data.mul_(0.5)
+    third = sk.spike_conv2d(s, w, b, **conv_kw, neuron=False, backend="numba")
+    assert_close(third, sk.spike_conv2d(s, w, b, **conv_kw, neuron=False, backend="reference"),
+                 rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        fourth = sk.spike_conv2d(s, w.clone(), b, **conv_kw, neuron=False, backend="numba")
+    assert_close(fourth, third, rtol=0, atol=0)
 
 
 BAD = [

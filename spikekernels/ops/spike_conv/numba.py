@@ -1,6 +1,10 @@
 """Numba CPU kernels of the spiking convolution: event-driven below a spike density, dense above.
 
-Event-driven path (``_event_kernel``): one work item per (image, output-channel tile), the
+Below the density switch, 0/1 inputs go to the gather kernel (``numba_gather.py``:
+output-stationary on bit-packed spikes); inputs with other values (an analog input) to the
+scatter kernel here, which multiplies each weight slice by the input value.
+
+Scatter kernel (``_event_kernel``): one work item per (image, output-channel tile), the
 T loop inside. At each step the input spikes are gathered into a compact list (8 input bytes
 per word read, silent words skipped), then every spike adds its weight slices into an output
 current buffer kept channels-last ``[H'*W', Cout]`` as explicit 8-float vector adds; stride
@@ -29,6 +33,8 @@ from numba.extending import intrinsic
 
 from ... import _config
 from ..if_scan.numba import spike_buffer
+from . import numba_gather
+from .numba_rows import _SPREAD, _current_row, _if_row, _residual_in, _spikes_out
 
 # bytes of the largest temporary (float input chunk or current chunk) of the dense path: well
 # under glibc's 32 MiB mmap threshold, so chunks are recycled heap memory, not fresh pages
@@ -36,8 +42,6 @@ CHUNK_BYTES = 8 * 2**20
 # input elements sampled to estimate the spike density
 DENSITY_SAMPLE = 1 << 16
 BLOCK = 2048
-# byte b -> uint64 whose byte j is bit j of b
-_SPREAD = np.array([sum(((b >> j) & 1) << (8 * j) for j in range(8)) for b in range(256)], np.uint64)
 
 
 def _axpy8_codegen(context, builder, signature, args):
@@ -97,59 +101,6 @@ def _phase_table(n_in, k, stride, pad, nt, width):
         # first output coordinate (i + pad - ph) // stride - (nt - 1), plus the margin nt - 1
         off[i] = ((i + pad - ph) // stride + skip[i]) * width
     return off, pha, skip, n_real
-
-
-@numba.njit(cache=True, fastmath=False, inline="always")
-def _if_row(arow, bi, sc, rr, th, vrow, sp, has_res, reset_zero, vr):
-    """IF update of one output row, channels-last ``[W', co_tile]``; clears the current.
-
-    Same float32 operations, in the same order, as ``if_scan``: ``x = (acc + b) + α·r``,
-    ``v = v + x``, ``s = v >= θ``, then the reset. Branches outside the loops so each vectorizes.
-    """
-    zero = np.float32(0.0)
-    n = arow.shape[0]
-    if has_res:
-        if reset_zero:
-            for j in range(n):
-                vi = vrow[j] + ((arow[j] + bi[j]) + sc[j] * np.float32(rr[j]))
-                arow[j] = zero
-                spk = vi >= th[j]
-                sp[j] = spk
-                vrow[j] = vr if spk else vi
-        else:
-            for j in range(n):
-                vi = vrow[j] + ((arow[j] + bi[j]) + sc[j] * np.float32(rr[j]))
-                arow[j] = zero
-                spk = vi >= th[j]
-                sp[j] = spk
-                vrow[j] = vi - (th[j] if spk else zero)
-    else:
-        if reset_zero:
-            for j in range(n):
-                vi = vrow[j] + (arow[j] + bi[j])
-                arow[j] = zero
-                spk = vi >= th[j]
-                sp[j] = spk
-                vrow[j] = vr if spk else vi
-        else:
-            for j in range(n):
-                vi = vrow[j] + (arow[j] + bi[j])
-                arow[j] = zero
-                spk = vi >= th[j]
-                sp[j] = spk
-                vrow[j] = vi - (th[j] if spk else zero)
-
-
-@numba.njit(cache=True, fastmath=False, inline="always")
-def _current_row(arow, bi, sc, rr, xr, has_res):
-    """``x = (acc + b) + α·r`` of one output row into ``xr`` (``neuron=False``); clears the current."""
-    zero = np.float32(0.0)
-    for j in range(arow.shape[0]):
-        xv = arow[j] + bi[j]
-        if has_res:
-            xv = xv + sc[j] * np.float32(rr[j])
-        xr[j] = xv
-        arow[j] = zero
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
@@ -252,27 +203,7 @@ def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res,
             ot = out[t, b]
             tr = 0 if const_res else t
             if fast_res:
-                # uint8 residual to channels-last 8 channels x 8 pixels at a time (the spike
-                # transpose run backwards); blocks with a value other than 0/1 are copied bytewise
-                rw = res_words[tr]
-                cg = ct // 8
-                for g in range(cg):
-                    kn = min(8, nc - 8 * g)
-                    w_lo = ((b * Cout + c0 + 8 * g) * P) // 8
-                    for pb in range(P // 8):
-                        m = np.uint64(0)
-                        big = np.uint64(0)
-                        for k in range(kn):
-                            wv = rw[w_lo + k * (P // 8) + pb]
-                            big |= wv
-                            m |= wv << np.uint64(k)
-                        if big & np.uint64(0xFEFEFEFEFEFEFEFE):
-                            for k in range(kn):
-                                for j in range(8):
-                                    rr8[(pb * 8 + j) * ct + 8 * g + k] = res[tr, (b * Cout + c0 + 8 * g + k) * P + pb * 8 + j]
-                        else:
-                            for j in range(8):
-                                rr8w[(pb * 8 + j) * cg + g] = spread[np.int64((m >> np.uint64(8 * j)) & np.uint64(0xFF))]
+                _residual_in(res_words[tr], res[tr], rr8, rr8w, ct, nc, P, b * Cout + c0, spread)
             elif has_res:
                 for c in range(nc):
                     src = res[tr, (b * Cout + c0 + c) * P:(b * Cout + c0 + c + 1) * P]
@@ -296,29 +227,13 @@ def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res,
                             reset_zero, vr)
                 else:
                     _current_row(arow, bi, sc, rrow, xr[oy * WC:(oy + 1) * WC], has_res)
-            if fast_out:
-                # 8 pixels x 8 channels at a time: OR the 8 pixel words (one 0/1 byte per
-                # channel) shifted by the pixel into one bit matrix, then spread each channel's
-                # byte of it back to 8 bytes through a table: one uint64 store per 8 spikes
-                ow = out_words[t, b]
-                cg = ct // 8
-                for g in range(cg):
-                    kn = min(8, nc - 8 * g)
-                    for pb in range(P // 8):
-                        m = np.uint64(0)
-                        for j in range(8):
-                            m |= spw[(pb * 8 + j) * cg + g] << np.uint64(j)
-                        for k in range(kn):
-                            ow[c0 + 8 * g + k, pb] = spread[np.int64((m >> np.uint64(8 * k)) & np.uint64(0xFF))]
+            if neuron:
+                _spikes_out(spw, ct, nc, P, ot, out_words[t, b], c0, spread, fast_out)
                 continue
             for c in range(nc):
                 orow = ot[c0 + c]
-                if neuron:
-                    for p in range(P):
-                        orow[p] = sp[p * ct + c]
-                else:
-                    for p in range(P):
-                        orow[p] = xr[p * ct + c]
+                for p in range(P):
+                    orow[p] = xr[p * ct + c]
         if neuron:
             for c in range(nc):
                 base = (b * Cout + c0 + c) * P
@@ -477,5 +392,7 @@ def spike_conv2d(s, weight, bias, stride, padding, thr, v, out, reset_zero: bool
                  residual, res_scale, neuron: bool) -> None:
     if estimate_density(s) > _config.conv_dense_density():
         _dense(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual, res_scale, neuron)
-    else:
+    elif not numba_gather.gather(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual,
+                                 res_scale, neuron):
+        # not 0/1 (an analog input): the scatter kernel multiplies each weight by the input
         _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual, res_scale, neuron)

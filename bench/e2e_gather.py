@@ -1,0 +1,77 @@
+"""End to end, ResNet-20: sresnet with the gather conv kernel vs the scatter kernel vs the ANN x T.
+
+One process, providers interleaved round by round, medians; predictions of the two kernels
+compared first. ``--profile`` adds a cProfile of one run of each kernel (top functions by own time).
+Needs the shared checkpoint and CIFAR-10 (``../shared``).
+
+    PYTHONPATH=. .venv/bin/python bench/e2e_gather.py --timesteps 128 --rounds 3 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import spikekernels  # noqa: F401  (first: the OpenMP wait policy every provider runs under)
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conv_shapes import scatter_only  # noqa: E402
+from peers import load_real  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--timesteps", type=int, default=128)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args(argv)
+    T = args.timesteps
+    ann, snn, images, _ = load_real(n_test=args.batch)
+
+    def gather():
+        return snn(images, timesteps=T)
+
+    def scatter():
+        with scatter_only():
+            return snn(images, timesteps=T)
+
+    def ann_x_t():
+        with torch.no_grad():
+            for _ in range(T):
+                out = ann(images)
+        return out
+
+    a, b = gather(), scatter()
+    agree = (a.argmax(1) == b.argmax(1)).float().mean().item()
+    print(f"ResNet-20, B={args.batch}, T={T}: gather and scatter predictions agree on {agree:.3f} of images; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    fns = {"gather": gather, "scatter": scatter, "ann-xT": ann_x_t}
+    times = {k: [] for k in fns}
+    for _ in range(args.rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, s in med.items():
+        print(f"  {k:8s} {s:8.3f} s  {args.batch * T / s:8.0f} image-timesteps/s  "
+              f"gather faster by {s / med['gather']:.2f}x")
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    if args.profile:
+        for k in ("scatter", "gather"):
+            print(f"profile of one {k} run:")
+            prof = cProfile.Profile()
+            prof.runcall(fns[k])
+            pstats.Stats(prof).sort_stats("tottime").print_stats(8)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,384 @@
+"""Output-stationary Numba kernel of the spiking convolution on bit-packed spikes.
+
+Second design of the CPU event-driven conv (the first, ``numba._event_kernel``, scatters each
+input spike's weights into a current buffer in memory). Here each output pixel gathers:
+
+1. ``_pack`` converts the user's spike tensor ``[T, B, Cin, H, W]`` (uint8 or float32, read
+   once) into bits, channels-last with the zero padding materialized:
+   ``pk [T, B, Hp * Wp * Cb + 8]`` bytes, ``Cb = ceil(Cin / 8)``, bit ``ci % 8`` of byte
+   ``(y * Wp + x) * Cb + ci // 8``. One kernel row of a receptive field (``kw`` neighbouring
+   pixels, all channels) is then one contiguous run of ``kw * 8 * Cb`` bits.
+2. ``_gather_kernel``: one work item per (image, output-channel tile), the T loop inside. Per
+   step and output pixel, ``_gather_sum`` reads the receptive field as 64-bit words (one
+   unaligned load each, masked at the run's end), walks the set bits (count trailing zeros,
+   clear lowest bit) and adds the weight row of each active input
+   (``wg [tile, kh, kw * 8 * Cb, ct]``, row = bit index) into ``ct / 8`` accumulator vectors
+   that stay in registers; only the sum goes to memory, once. Padding and skipped channels
+   are zero bits, so there are no bounds checks.
+3. Once a row of output pixels is summed, the IF update runs over the whole row
+   channels-last (``numba_rows._if_row``: the float32 operations of ``if_scan`` in its
+   order, ``x = (sum + b) + α·r``, ``v = v + x``), on a channels-last membrane that stays in
+   cache for the T loop; after each step the spikes are transposed to ``out``.
+
+Work per output neuron-step: one word per 64 receptive-field inputs plus ``ct / 8`` vector
+adds per active input; no current buffer is written and read back and silent inputs cost
+one bit each. Inputs other than 0/1 (an analog current) cannot be bits: ``spike_conv2d``
+falls back to the scatter kernel for them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numba
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ..if_scan.numba import spike_buffer
+from .numba_rows import _SPREAD, _current_row, _if_row, _residual_in, _spikes_out
+
+# accumulator vectors of 8 float32 per output pixel (ct = 8 * NV channels per tile); the
+# widest keeps 8 of AVX2's 16 ymm registers for the sums
+VECTORS = (1, 2, 4, 8)
+# rearranged weights kept between calls, most recent last: (weight, version, sample, rows)
+WEIGHT_CACHE_BYTES = 128 * 2**20
+_weight_cache: OrderedDict = OrderedDict()
+_weight_cache_lock = threading.Lock()
+
+
+def _gather_codegen(nv: int):
+    """LLVM IR of ``_gather_sum`` for ``nv`` accumulator vectors (``ct = 8 * nv``)."""
+
+    def codegen(context, builder, sig, args):
+        pk_t, _, toff_t, wrow_t, mask_t, _, w_t, acc_t, _ = sig.args
+        pk = context.make_array(pk_t)(context, builder, args[0])
+        toff = context.make_array(toff_t)(context, builder, args[2])
+        wrow = context.make_array(wrow_t)(context, builder, args[3])
+        mask = context.make_array(mask_t)(context, builder, args[4])
+        w = context.make_array(w_t)(context, builder, args[6])
+        acc = context.make_array(acc_t)(context, builder, args[7])
+        i64 = ir.IntType(64)
+        vt = ir.VectorType(ir.FloatType(), 8)
+        base = context.cast(builder, args[1], sig.args[1], types.int64)
+        nw = context.cast(builder, args[5], sig.args[5], types.int64)
+        aoff = context.cast(builder, args[8], sig.args[8], types.int64)
+        # allocas in the entry block: LLVM promotes them to registers (mem2reg)
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(vt, [0.0] * 8)) for _ in range(nv)]
+        word_var = cgutils.alloca_once(builder, i64)
+        row_var = cgutils.alloca_once(builder, i64)
+        bytes_ = builder.bitcast(pk.data, ir.IntType(8).as_pointer())
+        with cgutils.for_range(builder, nw) as loop:
+            i = loop.index
+            p = builder.gep(bytes_, [builder.add(base, builder.load(builder.gep(toff.data, [i])))])
+            word = builder.load(builder.bitcast(p, i64.as_pointer()), align=1)
+            builder.store(builder.and_(word, builder.load(builder.gep(mask.data, [i]))), word_var)
+            builder.store(builder.load(builder.gep(wrow.data, [i])), row_var)
+            cond = builder.append_basic_block("bits.cond")
+            body = builder.append_basic_block("bits.body")
+            done = builder.append_basic_block("bits.done")
+            builder.branch(cond)
+            builder.position_at_end(cond)
+            wv = builder.load(word_var)
+            builder.cbranch(builder.icmp_unsigned("!=", wv, ir.Constant(i64, 0)), body, done)
+            builder.position_at_end(body)
+            wv = builder.load(word_var)
+            j = builder.cttz(wv, ir.Constant(ir.IntType(1), 1))
+            row = builder.add(builder.load(row_var), builder.mul(j, ir.Constant(i64, 8 * nv)))
+            for k in range(nv):
+                src = builder.gep(w.data, [builder.add(row, ir.Constant(i64, 8 * k))])
+                val = builder.load(builder.bitcast(src, vt.as_pointer()), align=4)
+                builder.store(builder.fadd(builder.load(sums[k]), val), sums[k])
+            builder.store(builder.and_(wv, builder.sub(wv, ir.Constant(i64, 1))), word_var)
+            builder.branch(cond)
+            builder.position_at_end(done)
+        for k in range(nv):
+            dst = builder.gep(acc.data, [builder.add(aoff, ir.Constant(i64, 8 * k))])
+            builder.store(builder.load(sums[k]), builder.bitcast(dst, vt.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _make_gather(nv: int):
+    ct = 8 * nv
+    if numba.config.DISABLE_JIT:
+        def gather_py(pk, base, toff, wrow, mask, nw, w, acc, aoff):
+            """Python twin of the intrinsic (NUMBA_DISABLE_JIT runs, for coverage)."""
+            total = np.zeros(ct, np.float32)
+            for i in range(nw):
+                o = base + toff[i]
+                word = int(np.frombuffer(pk[o:o + 8].tobytes(), np.uint64)[0]) & int(mask[i])
+                while word:
+                    j = (word & -word).bit_length() - 1
+                    r = wrow[i] + j * ct
+                    total += w[r:r + ct]
+                    word &= word - 1
+            acc[aoff:aoff + ct] = total
+
+        return gather_py
+
+    @intrinsic
+    def gather(typingctx, pk, base, toff, wrow, mask, nw, w, acc, aoff):
+        """``acc[aoff:aoff + 8 nv] = Σ`` over words ``i < nw`` of ``pk[base + toff[i]:+8] & mask[i]``
+        (a little-endian uint64) and its set bits ``j`` of ``w[wrow[i] + j * 8 nv:+8 nv]``.
+
+        The sums are ``nv`` ``<8 x float>`` values kept in registers across the whole bit walk
+        (an array accumulator would be reloaded and stored per active input).
+        """
+        return types.void(pk, base, toff, wrow, mask, nw, w, acc, aoff), _gather_codegen(nv)
+
+    return gather
+
+
+_gather1, _gather2, _gather4, _gather8 = (_make_gather(nv) for nv in VECTORS)
+
+
+@numba.njit(cache=True, inline="always")
+def _gather_sum(nv, pk, base, toff, wrow, mask, nw, w, acc, aoff):
+    """Receptive-field sum of one output pixel into ``acc[aoff:aoff + 8 nv]`` (``nv`` in VECTORS)."""
+    if nv == 1:
+        _gather1(pk, base, toff, wrow, mask, nw, w, acc, aoff)
+    elif nv == 2:
+        _gather2(pk, base, toff, wrow, mask, nw, w, acc, aoff)
+    elif nv == 4:
+        _gather4(pk, base, toff, wrow, mask, nw, w, acc, aoff)
+    else:
+        _gather8(pk, base, toff, wrow, mask, nw, w, acc, aoff)
+
+
+@numba.njit(parallel=True, cache=True)
+def _pack(s, pk, H, W, Cb, Wp, ph, pw):
+    """Spikes ``s [T * B, Cin, H * W]`` -> bits ``pk [T * B, Hp * Wp * Cb + 8]`` (see module doc).
+
+    Returns True when some input is neither 0 nor 1 (then the bits are not the input).
+    Per (step, image) and group of 8 channels, the 8 channel planes are OR-ed into a plane of
+    bytes (loops over the H*W pixels with no reduction, so they vectorize), which is then
+    stored with stride ``Cb`` inside the zero border.
+    """
+    TB, Cin, HW = s.shape
+    bad = np.zeros(TB, np.uint8)
+    for item in numba.prange(TB):
+        dst = pk[item]
+        dst[:] = 0
+        plane = np.empty(HW, np.uint8)
+        flags = np.zeros(HW, np.uint8)
+        for g in range(Cb):
+            plane[:] = 0
+            for k in range(min(8, Cin - 8 * g)):
+                src = s[item, 8 * g + k]
+                for i in range(HW):
+                    val = src[i]
+                    nz = val != 0
+                    plane[i] |= np.uint8(nz) << np.uint8(k)
+                    flags[i] |= nz & (val != 1)
+            for y in range(H):
+                o = ((y + ph) * Wp + pw) * Cb + g
+                for x in range(W):
+                    dst[o + x * Cb] = plane[y * W + x]
+        bad[item] = flags.max()
+    return bad.any()
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v, out,
+                   out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron):
+    """Conv + IF, one work item per (image, channel tile of ``ct = 8 nv``), T loop inside.
+
+    ``pk [T, B, bytes]`` bits from ``_pack``; ``toff``/``wrow``/``mask`` per receptive-field
+    word: byte offset from the pixel's corner, first weight row (in floats), valid bits;
+    ``wg [n_tiles, rows * ct]`` float32 weight rows. Per step and output row: ``_gather_sum``
+    of each pixel into the channels-last row ``acc [W', ct]``, then the IF of the whole row
+    (or the current when not ``neuron``) with the membrane channels-last too; per step the
+    spikes go to ``out [T, B, Cout, H'W']`` (``fast_out``: uint8 through ``out_words``). A
+    uint8 residual comes in channels-last once per step through ``res_words`` (``fast_res``),
+    any other residual row by row.
+    """
+    T, B = pk.shape[:2]
+    ct = 8 * nv
+    P = Ho * Wo
+    WC = Wo * ct
+    nw = toff.shape[0]
+    n_thr = thr.shape[0]
+    n_rs = rs.shape[0]
+    const_res = res.shape[0] == 1
+    vr = np.float32(v_reset)
+    for item in numba.prange(B * n_tiles):
+        b = item // n_tiles
+        tile = item % n_tiles
+        c0 = tile * ct
+        nc = min(ct, Cout - c0)
+        acc = np.zeros(WC, np.float32)
+        rr = np.zeros(WC, np.float32)
+        th = np.ones(WC, np.float32)
+        sc = np.zeros(WC, np.float32)
+        bi = np.zeros(WC, np.float32)
+        vl = np.zeros(P * ct if neuron else 1, np.float32)
+        spw = np.zeros(P * nv if neuron else 1, np.uint64)
+        sp = spw.view(np.uint8)
+        xr = np.zeros(1 if neuron else P * ct, np.float32)
+        rr8w = np.zeros(P * nv if fast_res else 1, np.uint64)
+        rr8 = rr8w.view(np.uint8)
+        for ox in range(Wo):
+            for c in range(nc):
+                th[ox * ct + c] = thr[(c0 + c) % n_thr]
+                sc[ox * ct + c] = rs[(c0 + c) % n_rs]
+                bi[ox * ct + c] = bias[c0 + c]
+        if neuron:
+            for c in range(nc):
+                base = (b * Cout + c0 + c) * P
+                for p in range(P):
+                    vl[p * ct + c] = v[base + p]
+        wt = wg[tile]
+        for t in range(T):
+            pt = pk[t, b]
+            tr = 0 if const_res else t
+            rt = res[tr] if has_res else res[0]
+            if fast_res:
+                _residual_in(res_words[tr], rt, rr8, rr8w, ct, nc, P, b * Cout + c0, spread)
+            for oy in range(Ho):
+                for ox in range(Wo):
+                    _gather_sum(nv, pt, (oy * sy * Wp + ox * sx) * Cb, toff, wrow, mask, nw, wt, acc, ox * ct)
+                lo = oy * WC
+                if fast_res:
+                    if neuron:
+                        _if_row(acc, bi, sc, rr8[lo:lo + WC], th, vl[lo:lo + WC], sp[lo:lo + WC], True, reset_zero, vr)
+                    else:
+                        _current_row(acc, bi, sc, rr8[lo:lo + WC], xr[lo:lo + WC], True)
+                    continue
+                if has_res:
+                    for c in range(nc):
+                        src = rt[(b * Cout + c0 + c) * P + oy * Wo:(b * Cout + c0 + c) * P + (oy + 1) * Wo]
+                        for ox in range(Wo):
+                            rr[ox * ct + c] = np.float32(src[ox])
+                if neuron:
+                    _if_row(acc, bi, sc, rr, th, vl[lo:lo + WC], sp[lo:lo + WC], has_res, reset_zero, vr)
+                else:
+                    _current_row(acc, bi, sc, rr, xr[lo:lo + WC], has_res)
+            if neuron:
+                _spikes_out(spw, ct, nc, P, out[t, b], out_words[t, b], c0, spread, fast_out)
+            else:
+                ot = out[t, b]
+                for c in range(nc):
+                    for p in range(P):
+                        ot[c0 + c, p] = xr[p * ct + c]
+        if neuron:
+            for c in range(nc):
+                base = (b * Cout + c0 + c) * P
+                for p in range(P):
+                    v[base + p] = vl[p * ct + c]
+
+
+def _tables(kh: int, kw: int, Cb: int, Wp: int, ct: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per receptive-field word: byte offset, first weight row (floats), mask of valid bits.
+
+    Kernel row ``ky`` is the run of ``kw * 8 * Cb`` bits starting at byte ``ky * Wp * Cb``
+    from the pixel's corner, read as 64-bit words; bit ``j`` of word ``q`` is weight row
+    ``ky * kw * 8 * Cb + 64 q + j``.
+    """
+    run = kw * 8 * Cb
+    toff, wrow, mask = [], [], []
+    for ky in range(kh):
+        for q in range(-(-run // 64)):
+            n = min(64, run - 64 * q)
+            toff.append(ky * Wp * Cb + 8 * q)
+            wrow.append((ky * run + 64 * q) * ct)
+            mask.append((1 << n) - 1)
+    return np.array(toff, np.int64), np.array(wrow, np.int64), np.array(mask, np.uint64)
+
+
+def weight_rows(weight: torch.Tensor, ct: int) -> np.ndarray:
+    """``weight [Cout, Cin, kh, kw]`` float32 -> rows ``[tiles, kh * kw * 8 * Cb * ct]``, cached.
+
+    Row ``(ky * kw + kx) * 8 * Cb + ci`` of tile ``i`` holds output channels ``i * ct ...``
+    (zeros past Cout and for the padded input channels). Rearranging a 512-channel 3x3
+    weight (9.4 MB) costs more than the convolution at 10% density, so the rows are kept
+    for the next call with the same weight: keyed by storage address and shape, valid while
+    the tensor's version counter is unchanged (every in-place torch op bumps it) and a
+    strided sample of 1024 of its values is unchanged (catches most writes that bypass the
+    counter: ``.data``, numpy views). Entries hold a reference to the weight, so its address
+    cannot be reused while cached; the least recently used go first once the rows exceed
+    WEIGHT_CACHE_BYTES. Inference tensors (no version counter) are rearranged every call.
+    """
+    flat = weight.numpy().reshape(-1)
+    sample = flat[::max(1, flat.shape[0] // 1024)]
+    # inference tensors have no version counter: not cached
+    cacheable = not weight.is_inference()
+    key = (weight.data_ptr(), tuple(weight.shape), ct)
+    with _weight_cache_lock:
+        hit = _weight_cache.get(key) if cacheable else None
+        if hit is not None and hit[1] == weight._version and np.array_equal(hit[2], sample):
+            _weight_cache.move_to_end(key)
+            return hit[3]
+    Cout, Cin, kh, kw = weight.shape
+    Cb = -(-Cin // 8)
+    n_tiles = -(-Cout // ct)
+    # numpy, not torch: see numba.py on torch's OpenMP threads
+    wg = np.zeros((kh, kw, 8 * Cb, n_tiles * ct), np.float32)
+    wg[:, :, :Cin, :Cout] = weight.numpy().transpose(2, 3, 1, 0)
+    wg = np.ascontiguousarray(wg.reshape(-1, n_tiles, ct).transpose(1, 0, 2)).reshape(n_tiles, -1)
+    if not cacheable:
+        return wg
+    with _weight_cache_lock:
+        _weight_cache[key] = (weight, weight._version, sample.copy(), wg)
+        total = sum(e[3].nbytes for e in _weight_cache.values())
+        while total > WEIGHT_CACHE_BYTES and len(_weight_cache) > 1:
+            total -= _weight_cache.popitem(last=False)[1][3].nbytes
+    return wg
+
+
+def _vectors(Cout: int, B: int, threads: int) -> int:
+    """Accumulator vectors per tile: the fewest tiles, but enough items for every thread."""
+    nv = next((n for n in VECTORS if 8 * n >= Cout), VECTORS[-1])
+    while nv > 1 and B * -(-Cout // (8 * nv)) < 2 * threads:
+        nv //= 2
+    return nv
+
+
+def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tuple[int, int],
+           padding: tuple[int, int], thr: torch.Tensor, v: torch.Tensor | None, out: torch.Tensor, reset_zero: bool,
+           v_reset: float, res: torch.Tensor | None, rs: torch.Tensor, neuron: bool) -> bool:
+    """Run the bit-packed output-stationary kernel; False (nothing written) if ``s`` is not 0/1.
+
+    Same contract as ``reference.spike_conv2d`` (see spike_conv/README.md).
+    """
+    T, B, Cin, H, W = s.shape
+    Cout, _, kh, kw = weight.shape
+    Ho, Wo = out.shape[3:]
+    sy, sx = stride
+    ph, pw = padding
+    Cb = -(-Cin // 8)
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    # 8 bytes of slack: the last word of a receptive field is read whole, then masked
+    pk = np.empty((T, B, Hp * Wp * Cb + 8), np.uint8)
+    if _pack(s.numpy().reshape(T * B, Cin, H * W), pk.reshape(T * B, -1), H, W, Cb, Wp, ph, pw):
+        return False
+    nv = _vectors(Cout, B, numba.get_num_threads())
+    ct = 8 * nv
+    n_tiles = -(-Cout // ct)
+    wg = weight_rows(weight, ct)
+    toff, wrow, mask = _tables(kh, kw, Cb, Wp, ct)
+    if neuron:
+        buf, stage = spike_buffer(out)
+        v_np = v.numpy()
+    else:
+        buf, stage = out.numpy(), None
+        v_np = np.zeros(1, np.float32)
+    res_np = np.zeros((1, 1), np.float32) if res is None else res.numpy()
+    out4 = buf.reshape(T, B, Cout, Ho * Wo)
+    # uint8 spikes, whole 8-byte words per channel row: written 8 pixels x 8 channels at a time
+    fast_out = neuron and out4.dtype == np.uint8 and (Ho * Wo) % 8 == 0
+    out_words = out4.view(np.uint64) if fast_out else np.zeros((1, 1, 1, 1), np.uint64)
+    # uint8 residual, whole 8-byte words per channel row: read 8 pixels x 8 channels at a time
+    fast_res = res_np.dtype == np.uint8 and (Ho * Wo) % 8 == 0 and res_np.flags.c_contiguous
+    res_words = res_np.view(np.uint64) if fast_res else np.zeros((1, 1), np.uint64)
+    _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias.numpy(), thr.numpy(),
+                   rs.numpy(), v_np, out4, out_words, fast_out, _SPREAD, reset_zero, v_reset, res_np,
+                   res is not None, res_words, fast_res, neuron)
+    if stage is not None:
+        out.copy_(stage)
+    return True

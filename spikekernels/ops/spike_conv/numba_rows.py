@@ -1,0 +1,124 @@
+"""Channels-last row helpers shared by the two Numba spiking-conv kernels.
+
+``_if_row`` / ``_current_row``: the IF update (or the current) of one output row kept
+channels-last ``[W', ct]``, vectorized over the whole row (a per-pixel loop over 16 channels
+would leave LLVM's 32-float vector body unused and run scalar). ``_spikes_out``: channels-last
+0/1 bytes ``[H'W', ct]`` to the user layout ``[Cout, H'W']``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+# byte b -> uint64 whose byte j is bit j of b
+_SPREAD = np.array([sum(((b >> j) & 1) << (8 * j) for j in range(8)) for b in range(256)], np.uint64)
+
+
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _if_row(arow, bi, sc, rr, th, vrow, sp, has_res, reset_zero, vr):
+    """IF update of one output row, channels-last ``[W', co_tile]``; clears the current.
+
+    Same float32 operations, in the same order, as ``if_scan``: ``x = (acc + b) + α·r``,
+    ``v = v + x``, ``s = v >= θ``, then the reset. Branches outside the loops so each vectorizes.
+    """
+    zero = np.float32(0.0)
+    n = arow.shape[0]
+    if has_res:
+        if reset_zero:
+            for j in range(n):
+                vi = vrow[j] + ((arow[j] + bi[j]) + sc[j] * np.float32(rr[j]))
+                arow[j] = zero
+                spk = vi >= th[j]
+                sp[j] = spk
+                vrow[j] = vr if spk else vi
+        else:
+            for j in range(n):
+                vi = vrow[j] + ((arow[j] + bi[j]) + sc[j] * np.float32(rr[j]))
+                arow[j] = zero
+                spk = vi >= th[j]
+                sp[j] = spk
+                vrow[j] = vi - (th[j] if spk else zero)
+    else:
+        if reset_zero:
+            for j in range(n):
+                vi = vrow[j] + (arow[j] + bi[j])
+                arow[j] = zero
+                spk = vi >= th[j]
+                sp[j] = spk
+                vrow[j] = vr if spk else vi
+        else:
+            for j in range(n):
+                vi = vrow[j] + (arow[j] + bi[j])
+                arow[j] = zero
+                spk = vi >= th[j]
+                sp[j] = spk
+                vrow[j] = vi - (th[j] if spk else zero)
+
+
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _current_row(arow, bi, sc, rr, xr, has_res):
+    """``x = (acc + b) + α·r`` of one output row into ``xr`` (``neuron=False``); clears the current."""
+    zero = np.float32(0.0)
+    for j in range(arow.shape[0]):
+        xv = arow[j] + bi[j]
+        if has_res:
+            xv = xv + sc[j] * np.float32(rr[j])
+        xr[j] = xv
+        arow[j] = zero
+
+
+@numba.njit(cache=True, inline="always")
+def _spikes_out(spw, ct, nc, P, ot, ow, c0, spread, words):
+    """Channels-last spikes ``spw`` (as bytes: ``[P, ct]`` 0/1) to rows ``c0:c0+nc`` of the output.
+
+    ``words``: write ``ow``, the uint8 output ``[Cout, P]`` viewed as uint64 ``[Cout, P / 8]``
+    (P a multiple of 8): 8 pixels x 8 channels at a time, OR the 8 pixel words (one 0/1 byte
+    per channel) shifted by the pixel into one bit matrix, then spread each channel's byte of
+    it back to 8 bytes through a table: one uint64 store per 8 spikes. Otherwise ``ot``
+    ``[Cout, P]`` (any dtype) element by element.
+    """
+    if words:
+        cg = ct // 8
+        for g in range(cg):
+            kn = min(8, nc - 8 * g)
+            for pb in range(P // 8):
+                m = np.uint64(0)
+                for j in range(8):
+                    m |= spw[(pb * 8 + j) * cg + g] << np.uint64(j)
+                for k in range(kn):
+                    ow[c0 + 8 * g + k, pb] = spread[np.int64((m >> np.uint64(8 * k)) & np.uint64(0xFF))]
+    else:
+        sp = spw.view(np.uint8)
+        for c in range(nc):
+            orow = ot[c0 + c]
+            for p in range(P):
+                orow[p] = sp[p * ct + c]
+
+
+@numba.njit(cache=True, inline="always")
+def _residual_in(rw, rt, rr8, rr8w, ct, nc, P, row0, spread):
+    """uint8 residual rows ``row0 .. row0+nc`` of ``rt [rows * P]`` to channels-last ``rr8 [P, ct]``.
+
+    ``rw`` is ``rt`` viewed as uint64 (P a multiple of 8), ``rr8w`` is ``rr8`` viewed as
+    uint64. 8 channels x 8 pixels at a time (the spike transpose of ``_spikes_out`` run
+    backwards); blocks with a value other than 0/1 are copied bytewise.
+    """
+    cg = ct // 8
+    for g in range(cg):
+        kn = min(8, nc - 8 * g)
+        w_lo = ((row0 + 8 * g) * P) // 8
+        for pb in range(P // 8):
+            m = np.uint64(0)
+            big = np.uint64(0)
+            for k in range(kn):
+                wv = rw[w_lo + k * (P // 8) + pb]
+                big |= wv
+                m |= wv << np.uint64(k)
+            if big & np.uint64(0xFEFEFEFEFEFEFEFE):
+                for k in range(kn):
+                    for j in range(8):
+                        rr8[(pb * 8 + j) * ct + 8 * g + k] = rt[(row0 + 8 * g + k) * P + pb * 8 + j]
+            else:
+                for j in range(8):
+                    rr8w[(pb * 8 + j) * cg + g] = spread[np.int64((m >> np.uint64(8 * j)) & np.uint64(0xFF))]
