@@ -125,23 +125,32 @@ def load_cifar(data_dir: str | Path, split: str = "test", limit: int | None = No
         images ``[N, 3, 32, 32]`` float32 (scaled to [0, 1], minus mean (0.485, 0.456, 0.406),
         over std (0.229, 0.224, 0.225)) and labels ``[N]`` int64.
     """
-    if split not in ("test", "calib"):
-        raise ValueError(f"split={split!r}; accepted: 'test', 'calib'")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+    data, labels = _batch_arrays(cifar_batch_path(data_dir, split))
+    if limit is not None:
+        data, labels = data[:limit], labels[:limit]
+    return normalize_images(data), torch.from_numpy(labels)
+
+
+def cifar_batch_path(data_dir: str | Path, split: str) -> Path:
+    """The pickle file of a CIFAR split: "test" (``test_batch``; CIFAR-100 ``test``) or "calib"
+    (``data_batch_1``; CIFAR-100 ``train``), in ``data_dir`` or its CIFAR subfolders.
+
+    Raises:
+        ValueError: another split; FileNotFoundError: no folder, or no batch file for the split.
+    """
+    if split not in ("test", "calib"):
+        raise ValueError(f"split={split!r}; accepted: 'test', 'calib'")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data directory {data_dir} does not exist")
     names = ("test_batch", "test") if split == "test" else ("data_batch_1", "train")
     for name in names:
         try:
-            folder = _find_batch_dir(data_dir, name)
+            return _find_batch_dir(data_dir, name) / name
         except FileNotFoundError:
             continue
-        data, labels = _batch_arrays(folder / name)
-        if limit is not None:
-            data, labels = data[:limit], labels[:limit]
-        return normalize_images(data), torch.from_numpy(labels)
     raise FileNotFoundError(
         f"no CIFAR {split} batch in {data_dir}: looked for {' or '.join(names)} there and in its "
         "cifar-10-batches-py/ and cifar-100-python/ subfolders"

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .data import _batch_arrays, _find_batch_dir
+from .data import _batch_arrays, _find_batch_dir, cifar_batch_path
 from .preprocess import Preprocess
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -98,27 +98,11 @@ class CifarFolder(Dataset):
     """
 
     def __init__(self, data_dir: str | Path, split: str = "test", transform: Preprocess | None = None):
-        if split not in ("test", "calib"):
-            raise ValueError(f"split={split!r}; accepted: 'test', 'calib'")
-        data_dir = Path(data_dir)
-        if not data_dir.is_dir():
-            raise FileNotFoundError(f"data directory {data_dir} does not exist")
-        names = ("test_batch", "test") if split == "test" else ("data_batch_1", "train")
-        for name in names:
-            try:
-                folder = _find_batch_dir(data_dir, name)
-            except FileNotFoundError:
-                continue
-            self.path = folder / name
-            data, labels = _batch_arrays(self.path)
-            self.images = torch.from_numpy(np.ascontiguousarray(data)).view(-1, 3, 32, 32)
-            self.targets = torch.from_numpy(labels)
-            self.transform = transform or Preprocess()
-            return
-        raise FileNotFoundError(
-            f"no CIFAR {split} batch in {data_dir}: looked for {' or '.join(names)} there and in its "
-            "cifar-10-batches-py/ and cifar-100-python/ subfolders"
-        )
+        self.path = cifar_batch_path(data_dir, split)
+        data, labels = _batch_arrays(self.path)
+        self.images = torch.from_numpy(np.ascontiguousarray(data)).view(-1, 3, 32, 32)
+        self.targets = torch.from_numpy(labels)
+        self.transform = transform or Preprocess()
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -83,3 +83,19 @@ def make(kind: str, seed: int = 0) -> nn.Module:
     else:
         raise KeyError(kind)
     return randomize_bn(m, seed).eval()
+
+
+def assert_same_tree(a, b, where: str = "value") -> None:
+    """Nested dicts/lists/tuples of tensors and primitives are equal, tensors bit for bit (same dtype)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), (where, set(a) ^ set(b))
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)

@@ -1,27 +1,12 @@
 """Several processes (gloo on CPU): the same network and the same numbers as one process."""
 
 import pytest
-import torch
 
 from sresnet.distributed import Shard, shard_range
 
 import _dist_tasks
+from _sresnet_nets import assert_same_tree
 from _dist_worker import launch
-
-
-def _same(a, b, where="result"):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for k in a:
-            _same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, (where, a, b)
 
 
 @pytest.mark.parametrize("n", [10, 11, 1])
@@ -43,7 +28,7 @@ def test_scales_bit_identical_on_two_processes(tmp_path, percentile, per_channel
     single = _dist_tasks.scales(**kw)
     ranks = launch(2, "scales", tmp_path, **kw)
     for r in ranks:
-        _same(single, r)
+        assert_same_tree(single, r)
 
 
 @pytest.mark.parametrize("form", ["tensor", "loader", "batches"])
@@ -54,7 +39,7 @@ def test_evaluation_numbers_identical_on_two_processes(tmp_path, form):
     assert single["world_size"] == 1 and single["num_images"] == 13
     for r in launch(2, "evaluation", tmp_path, **kw):
         assert r.pop("world_size") == 2
-        _same({k: v for k, v in single.items() if k != "world_size"}, r)
+        assert_same_tree({k: v for k, v in single.items() if k != "world_size"}, r)
 
 
 @pytest.mark.parametrize("method", ["lowlat", "s-resnet"])
@@ -64,4 +49,4 @@ def test_conversion_bit_identical_on_two_processes(tmp_path, method):
               calib_timesteps=8, calib_subset=8)
     single = _dist_tasks.network(**kw)
     for r in launch(2, "network", tmp_path, **kw):
-        _same(single, r)
+        assert_same_tree(single, r)

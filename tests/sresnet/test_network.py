@@ -8,7 +8,7 @@ import sresnet
 from sresnet.executor import Executor
 from sresnet.network import Layer, Network, Neuron, Readout, Term
 
-from _sresnet_nets import make
+from _sresnet_nets import assert_same_tree, make
 
 
 def _images(n=8, hw=8, seed=1, c=3):
@@ -136,21 +136,6 @@ def _all_fields(net: Network) -> dict:
     return net.to_dict()
 
 
-def _assert_same(a, b, where="network"):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), (where, set(a) ^ set(b))
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, (where, a, b)
-
-
 def test_save_load_keeps_every_field(tmp_path):
     model = make("tiny_B_module")
     snn = sresnet.convert(model, _images(16, 8, seed=2), method="s-resnet", calib_timesteps=8)
@@ -161,7 +146,7 @@ def test_save_load_keeps_every_field(tmp_path):
     snn.layers[2].neuron.bias_schedule = torch.randn(4, snn.layers[2].shape[0])
     path = sresnet.save(snn, tmp_path / "net.snn")
     back = sresnet.load(path)
-    _assert_same(_all_fields(snn.network), _all_fields(back.network))
+    assert_same_tree(_all_fields(snn.network), _all_fields(back.network))
     assert back.network.size_agnostic == snn.network.size_agnostic
     x = _images(2, 8)
     assert torch.equal(back(x, timesteps=9, per_step=True), snn(x, timesteps=9, per_step=True))
