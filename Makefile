@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml Makefile
 	# torch 2.13.0 is the CPU build on this machine kind; triton 3.6 matches the GPU machine;
 	# numpy<2.4 because triton 3.6's interpreter calls int() on 1-element arrays.
 	$(BIN)/pip install -q torch==2.13.0 triton==3.6.0 "numpy<2.4" -e ".[test,demo]"
+	# test-only peer for the surrogate-gradient comparison (never a library dependency);
+	# --no-deps keeps its torch pin away, loguru is the one import it needs
+	$(BIN)/pip install -q --no-deps spikingjelly==2.0.0 loguru==0.7.3
 	touch $(STAMP)
 
 setup: $(STAMP)

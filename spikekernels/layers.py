@@ -135,7 +135,7 @@ class IFNeuron(_Stateful):
         spike_dtype: torch.dtype | None = None,
         stateful: bool = False,
         backend: str | None = None,
-        surrogate=None,
+        surrogate: _surrogate.Surrogate | str | None = None,
         detach_reset: bool = False,
     ) -> None:
         super().__init__(stateful)
@@ -175,7 +175,7 @@ class ResidualMerge(_Stateful):
         spike_dtype: torch.dtype | None = None,
         stateful: bool = False,
         backend: str | None = None,
-        surrogate=None,
+        surrogate: _surrogate.Surrogate | str | None = None,
         detach_reset: bool = False,
     ) -> None:
         super().__init__(stateful)
@@ -333,7 +333,7 @@ class SpikeConv2d(_SpikeSynapse):
         spike_dtype: torch.dtype | None = None,
         stateful: bool = False,
         backend: str | None = None,
-        surrogate=None,
+        surrogate: _surrogate.Surrogate | str | None = None,
         detach_reset: bool = False,
     ) -> None:
         super().__init__(stateful)
@@ -395,7 +395,7 @@ class SpikeLinear(_SpikeSynapse):
         spike_dtype: torch.dtype | None = None,
         stateful: bool = False,
         backend: str | None = None,
-        surrogate=None,
+        surrogate: _surrogate.Surrogate | str | None = None,
         detach_reset: bool = False,
     ) -> None:
         super().__init__(stateful)

@@ -13,8 +13,16 @@ import json
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .convert.compensate import CALIB_SUBSET, CALIB_TIMESTEPS
+from .convert.lowlat import DEFAULT_HORIZON
+from .convert.pipeline import METHODS
+
+if TYPE_CHECKING:  # for annotations only; the commands import what they use when they run
+    import torch
+
+    from .preprocess import Preprocess
 
 USER_ERRORS = (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, TypeError, KeyError)
 
@@ -51,72 +59,183 @@ def _positive(text: str) -> int:
     return v
 
 
+def _non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}")
+    return v
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.485,0.456,0.406, got {text!r}")
+    return vals
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors (default: one line)")
 
 
-def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", required=True, help="architecture: resnet20/32/44/56/110 (CIFAR) or resnet18/34/50/101")
-    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file (pytorch_resnet_cifar10 format or a state dict)")
-    p.add_argument("--data-dir", required=True, type=Path, help="folder with the CIFAR python batches (test_batch, data_batch_1)")
+def _model_options(p: argparse.ArgumentParser, data_required: bool = True) -> None:
+    """Model, data and preprocessing options, shared by eval and convert (which may give --calib-data only)."""
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="resnet20/32/44/56/110 (CIFAR), resnet18/34/50/101/152, wide_resnet50_2, "
+                       "wide_resnet101_2 (torchvision structure), or package.module:factory / file.py:factory "
+                       "(a callable returning an nn.Module, called with num_classes=K when --num-classes is given)")
+    model.add_argument("--arch", help="same as --model (kept for older scripts)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="checkpoint file: a state dict or {'state_dict': ...} (torch.load weights_only=True); "
+                        "required except for a factory")
+    p.add_argument("--num-classes", type=_positive, default=None, help="classes of the model's head (default: from the checkpoint)")
+    data = p.add_mutually_exclusive_group(required=data_required)
+    data.add_argument("--data", type=Path, help="test images: a CIFAR-10/100 pickle folder, an ImageFolder root "
+                      "(root/<class>/<image>; a root with train/ and val/ reads val/) or an .npz with 'images' and 'labels'")
+    data.add_argument("--data-dir", type=Path, help="folder with the CIFAR python batches (test_batch, data_batch_1); "
+                      "without preprocessing flags it implies --preset cifar-imagenet-stats")
+    p.add_argument("--calib-data", type=Path, default=None,
+                   help="calibration images, same forms as --data (default: CIFAR: data_batch_1 of the --data folder; "
+                        "ImageFolder: a train/ folder beside it); never the test images")
+    p.add_argument("--preset", default=None, choices=["imagenet", "cifar", "cifar-imagenet-stats"],
+                   help="preprocessing: imagenet = shorter side 256, centre crop 224, ImageNet mean/std; cifar = 32x32, "
+                        "CIFAR-10 mean/std; cifar-imagenet-stats = 32x32, ImageNet mean/std (pytorch_resnet_cifar10). "
+                        "Default: --data-dir/--arch: cifar-imagenet-stats; --model with --data: scale to [0, 1], "
+                        "then --mean/--std if given")
+    p.add_argument("--mean", type=_floats, default=None, help="per-channel mean of [0, 1] images, e.g. 0.4914,0.4822,0.4465")
+    p.add_argument("--std", type=_floats, default=None, help="per-channel std of [0, 1] images, e.g. 0.2470,0.2435,0.2616")
+    p.add_argument("--resize", type=_positive, default=None, help="resize the shorter side to N pixels (bilinear, antialiased)")
+    p.add_argument("--crop", type=_positive, default=None, help="centre crop N x N pixels (after --resize)")
+    p.add_argument("--workers", type=_non_negative, default=0, help="DataLoader processes decoding images (0: in this process)")
 
 
 def _conversion_options(p: argparse.ArgumentParser) -> None:
     """The options of sresnet.convert, shared by eval and convert."""
-    p.add_argument("--calib-size", type=_positive, default=1000, help="calibration images from data_batch_1")
+    p.add_argument("--calib-size", type=_positive, default=1000,
+                   help="calibration images: the first N of --calib-data (ImageFolder: the classes in turn)")
     p.add_argument("--percentile", type=_percentile, default=99.9, help="activation percentile for the scales λ, or 'max'")
     p.add_argument("--shortcut", default="A", choices=["A", "B"], help="CIFAR ResNet shortcut type of the checkpoint")
+    p.add_argument("--method", default="lowlat", choices=list(METHODS),
+                   help="lowlat: per-step bias schedule + delayed readout, one network for every T <= --horizon "
+                        "(best at T = 8..64); s-resnet: the paper's conversion with a constant bias correction")
+    p.add_argument("--horizon", type=_positive, default=DEFAULT_HORIZON,
+                   help="lowlat: longest T the bias schedule is calibrated for (later steps reuse a steady bias)")
+    p.add_argument("--readout-delay", type=_fraction, default=None,
+                   help="fraction of T skipped by the readout before it accumulates (default: 0.5 for lowlat, "
+                        "0 for s-resnet)")
     p.add_argument("--compensation", default="auto", choices=["auto", "bias", "scale", "scale+bias", "off"],
-                   help="conversion-error compensation (auto = calibrated per-channel bias correction)")
+                   help="auto: the method's calibration (lowlat: bias schedule; s-resnet: calibrated per-channel "
+                        "bias); off: none; bias/scale/scale+bias: s-resnet variants")
     p.add_argument("--calib-timesteps", type=_positive, default=CALIB_TIMESTEPS,
-                   help="T of the compensation's calibration simulations; the correction is tuned to "
-                        "this T, so match it to the T you deploy")
-    p.add_argument("--calib-subset", type=_positive, default=CALIB_SUBSET, help="calibration images simulated by the compensation")
+                   help="s-resnet: T of the compensation's calibration simulations (the correction is tuned to it)")
+    p.add_argument("--calib-subset", type=_positive, default=CALIB_SUBSET,
+                   help="calibration images simulated by the layer-by-layer calibration")
     p.add_argument("--readout", default="membrane", choices=["membrane", "spikes"], help="output readout")
     p.add_argument("--per-channel", action="store_true", help="one scale λ per channel instead of per layer")
     p.add_argument("--no-shortcut-norm", action="store_true", help="ablation: naive per-layer normalization of residual sums")
 
 
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return v
+
+
 def _conversion_kwargs(args) -> dict:
-    return dict(percentile=args.percentile, per_channel=args.per_channel,
+    return dict(method=args.method, horizon=args.horizon, readout_delay=args.readout_delay,
+                percentile=args.percentile, per_channel=args.per_channel,
                 compensation=None if args.compensation == "off" else args.compensation, readout=args.readout,
                 shortcut_norm=not args.no_shortcut_norm, calib_timesteps=args.calib_timesteps,
                 calib_subset=args.calib_subset)
 
 
+def _preprocess(args: argparse.Namespace) -> Preprocess:
+    """The Preprocess of the options: --preset, explicit flags, or the default of the option style used."""
+    from .preprocess import make_preprocess
+
+    explicit = dict(mean=args.mean, std=args.std, resize=args.resize, crop=args.crop)
+    if args.preset is None and all(v is None for v in explicit.values()):
+        if args.arch is not None or args.data_dir is not None:
+            return make_preprocess("cifar-imagenet-stats")
+    return make_preprocess(args.preset, **explicit)
+
+
+def _load_model(args: argparse.Namespace) -> tuple[str, torch.nn.Module]:
+    from .models import load_checkpoint
+
+    name = args.model or args.arch
+    if args.checkpoint is None and ":" not in name:
+        raise ValueError(f"--checkpoint is required for --model {name} (only a package.module:factory may go without)")
+    return name, load_checkpoint(name, args.checkpoint, shortcut=args.shortcut, num_classes=args.num_classes)
+
+
+def _describe(prep: dict) -> str:
+    parts = [f"preset {prep['preset']}"] if prep["preset"] else []
+    parts.append(f"mean {prep['mean']}, std {prep['std']}" if prep["mean"] else
+                 "scaled to [0, 1] only (no --preset, --mean or --std)")
+    parts += [f"{k} {prep[k]}" for k in ("resize", "crop") if prep[k]]
+    return "; ".join(parts)
+
+
 def _add_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
-        help="ANN vs SNN accuracy on CIFAR at several T",
+        help="ANN vs SNN accuracy (top-1, top-5) at several T on CIFAR, an ImageFolder or an .npz",
         description="Convert a checkpoint to a spiking network and report ANN and SNN accuracy at every "
-        "requested T from one simulation to the largest T.",
+        "requested T from one simulation to the largest T. Images are streamed in batches: memory does not "
+        "grow with the dataset.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _model_options(p)
     p.add_argument("--timesteps", type=_timesteps, default=[32, 64, 128], help="comma-separated T values, e.g. 32,64,128")
-    p.add_argument("--limit", type=_positive, default=None, help="evaluate on the first N test images (None: all 10,000)")
+    p.add_argument("--limit", type=_positive, default=None,
+                   help="evaluate on the first N test images (ImageFolder: the classes in turn; None: all)")
     p.add_argument("--batch-size", type=_positive, default=32, help="images per simulation batch")
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "numba", "triton"], help="spikekernels backend")
     _conversion_options(p)
     p.add_argument("--cost", action="store_true",
                    help="also count synaptic operations and energy per image over the same run")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON to this file")
+    p.add_argument("--diagnose", type=Path, default=None, metavar="DIR",
+                   help="write DIR/diagnosis.json and DIR/diagnosis.png: per-layer rate error against the ANN "
+                        "and first-spike delay at the largest T")
+    p.add_argument("--diagnose-images", type=_positive, default=32, help="test images used by --diagnose")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _common(p)
 
 
 def _run_eval(args) -> int:
+    from .distributed import init_from_env
     from .evaluate import evaluate
 
+    shard = init_from_env()
+    prep = _preprocess(args)
+    name, ann = _load_model(args)
+    data = args.data or args.data_dir
     res = evaluate(
-        args.arch, args.checkpoint, args.data_dir, args.timesteps, limit=args.limit, batch_size=args.batch_size,
-        backend=args.backend, calib_size=args.calib_size, shortcut=args.shortcut, progress=not args.no_progress,
-        cost=args.cost, **_conversion_kwargs(args),
+        ann, None, data, args.timesteps, calib_data=args.calib_data, preprocess=prep, limit=args.limit,
+        batch_size=args.batch_size, workers=args.workers, backend=args.backend, calib_size=args.calib_size,
+        shortcut=args.shortcut, progress=not args.no_progress and shard.rank == 0, cost=args.cost,
+        diagnose=args.diagnose_images if args.diagnose is not None and shard.rank == 0 else 0,
+        **_conversion_kwargs(args),
     )
-    print(f"{res['arch']}: {res['num_images']} images, ANN accuracy {100 * res['ann_accuracy']:.2f}%")
+    if shard.rank != 0:
+        # torchrun: every rank has the merged numbers; rank 0 alone prints and writes
+        return 0
+    res.update(arch=name, model=name, checkpoint=None if args.checkpoint is None else str(args.checkpoint))
+    print(f"{name}: {res['num_images']} images of {res['dataset']['source']}, ANN accuracy "
+          f"{100 * res['ann_accuracy']:.2f}% (top-5 {100 * res['ann_top5']:.2f}%)")
+    print(f"  preprocessing: {_describe(res['preprocessing'])}")
     for t in res["timesteps"]:
-        print(f"  T={t:<5d} SNN accuracy {100 * res['snn_accuracy'][str(t)]:.2f}%  "
-              f"(agrees with ANN on {100 * res['agreement'][str(t)]:.2f}%)")
+        print(f"  T={t:<5d} SNN accuracy {100 * res['snn_accuracy'][str(t)]:.2f}% (top-5 "
+              f"{100 * res['snn_top5'][str(t)]:.2f}%), agrees with ANN on {100 * res['agreement'][str(t)]:.2f}%")
     ips = res["images_per_second"]
     print(f"  firing rate {res['firing_rate']:.4f} spikes/neuron/step; images/s: ANN {ips['ann']:.1f}, "
           f"SNN (T={res['timesteps'][-1]}) {ips['snn']:.2f}")
@@ -124,6 +243,11 @@ def _run_eval(args) -> int:
         c = res["cost"]
         print(f"  per image at T={c['timesteps']}: {c['sops_per_image']:.3g} synaptic ops (SNN) vs "
               f"{c['ann_macs_per_image']:.3g} MACs (ANN); energy ANN / SNN {c['energy_ratio']:.2f}")
+    if args.diagnose is not None:
+        from .diagnose import write_diagnosis
+
+        files = write_diagnosis(res.pop("diagnosis"), args.diagnose)
+        print(f"  diagnosis: {files[0]} and {files[1]}")
     if args.json is not None:
         args.json.write_text(json.dumps(res, indent=2))
     return 0
@@ -160,11 +284,12 @@ def _add_convert(sub) -> None:
     p = sub.add_parser(
         "convert",
         help="convert a checkpoint once and save the spiking network",
-        description="Load a CIFAR ResNet checkpoint, convert it with calibration images from data_batch_1 and save "
-        "the spiking network (tensors only, safe to load; load it with sresnet.load(path)).",
+        description="Load a checkpoint, convert it with calibration images (--calib-data, default: the training "
+        "images beside --data) and save the spiking network (tensors only, safe to load; load it with "
+        "sresnet.load(path)).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    _model_options(p)
+    _model_options(p, data_required=False)
     p.add_argument("--out", required=True, type=Path, help="file to write the converted network to")
     _conversion_options(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -173,14 +298,24 @@ def _add_convert(sub) -> None:
 
 def _run_convert(args) -> int:
     from .convert import convert
-    from .data import load_cifar
+    from .data import take
+    from .datasets import default_calibration, make_loader, open_dataset
+    from .distributed import init_from_env
     from .io import save
-    from .models import load_checkpoint
 
-    ann = load_checkpoint(args.arch, args.checkpoint, shortcut=args.shortcut)
-    calib, _ = load_cifar(args.data_dir, "calib", limit=args.calib_size)
-    snn = convert(ann, calib, progress=not args.no_progress, **_conversion_kwargs(args))
-    snn.info["arch"] = args.arch
+    prep = _preprocess(args)
+    name, ann = _load_model(args)
+    if args.calib_data is None and args.data is None and args.data_dir is None:
+        raise ValueError("convert needs calibration images: give --calib-data, or --data/--data-dir to "
+                         "calibrate on the training images beside them")
+    source = args.calib_data or default_calibration(args.data or args.data_dir)
+    ds = open_dataset(source, "calib", prep)
+    calib, _ = take(make_loader(ds, min(args.calib_size, 256), args.workers, args.calib_size), args.calib_size)
+    shard = init_from_env()
+    snn = convert(ann, calib, progress=not args.no_progress and shard.rank == 0, **_conversion_kwargs(args))
+    if shard.rank != 0:
+        return 0
+    snn.info["arch"] = name
     path = save(snn, args.out)
     print(f"wrote {path} ({len(snn.layers)} spiking layers, readout {snn.readout})")
     return 0
@@ -248,6 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_message(exc: BaseException) -> str:
+    """One line for the user: the first line of the error, or the original error of a DataLoader worker."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        # torch re-raises a worker's error as "Caught ValueError in DataLoader worker ...\nOriginal
+        # Traceback ...\nValueError: <message>": the last line is what the user needs
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        prefix = f"{type(exc).__name__}: "
+        return last[len(prefix):] if last.startswith(prefix) else last
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 user error)."""
     parser = build_parser()
@@ -258,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         if debug:
             raise
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = _user_message(exc)
         if isinstance(exc, KeyError):
             msg = f"missing key {msg}"
         print(f"error: {msg}", file=sys.stderr)

@@ -1,4 +1,7 @@
-"""CIFAR-10/100 loader for the python-pickle layout, with a restricted unpickler.
+"""CIFAR-10/100 loader for the python-pickle layout, with a restricted unpickler; :func:`take`.
+
+Streaming datasets (ImageFolder, CIFAR, .npz) are in :mod:`sresnet.datasets`; :func:`take`
+collects the first N images of any batch iterable (calibration for :func:`sresnet.convert`).
 
 Pickle can run arbitrary code on load. The CIFAR batches only need builtin containers and
 numpy array reconstruction, so :class:`SafeUnpickler` resolves exactly those globals and
@@ -143,3 +146,33 @@ def load_cifar(data_dir: str | Path, split: str = "test", limit: int | None = No
         f"no CIFAR {split} batch in {data_dir}: looked for {' or '.join(names)} there and in its "
         "cifar-10-batches-py/ and cifar-100-python/ subfolders"
     )
+
+
+def take(batches, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` images and labels of an iterable of ``(images, labels)`` batches.
+
+    For calibration: :func:`sresnet.convert` takes one tensor, and this reads only as many
+    batches of a loader as it needs.
+
+    Args:
+        batches: e.g. a ``torch.utils.data.DataLoader`` yielding ``([B, C, H, W], [B])``.
+        n: images wanted (fewer are returned when the data holds fewer).
+
+    Returns:
+        images ``[min(n, N), C, H, W]`` and labels ``[min(n, N)]``.
+
+    Raises:
+        ValueError: n < 1, or no images at all.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    xs, ys, got = [], [], 0
+    for images, labels in batches:
+        xs.append(images[: n - got])
+        ys.append(torch.as_tensor(labels)[: n - got])
+        got += xs[-1].shape[0]
+        if got >= n:
+            break
+    if not got:
+        raise ValueError("no images to take: the data yielded no batches")
+    return torch.cat(xs), torch.cat(ys)

@@ -49,8 +49,11 @@ def apply_op(op: tuple, x: torch.Tensor, backend=None) -> torch.Tensor:
     raise ValueError(f"unknown op {kind!r} in a network description")
 
 
-def count_spikes(s: torch.Tensor):
-    """Nonzero entries of a spike tensor; numpy's count on CPU is about 3x torch's."""
+def count_spikes(s: torch.Tensor, binary: bool = True):
+    """Spikes in a spike tensor: its nonzero entries when spikes are 0/1 (numpy's count on CPU
+    is about 3x torch's), else the sum of |s| (burst counts, signed spikes)."""
+    if not binary:
+        return int(s.detach().abs().sum(dtype=torch.int64))
     if s.device.type == "cpu":
         return int(np.count_nonzero(s.detach().numpy()))
     return torch.count_nonzero(s)
@@ -67,6 +70,34 @@ def channel_view(v, x: torch.Tensor):
     if not isinstance(v, torch.Tensor) or not v.dim():
         return v
     return v.view(-1, *([1] * (x.dim() - 3)))
+
+
+def ceil_mode_pad(pool: dict, hw: tuple) -> tuple | None:
+    """Zero padding ``(left, right, top, bottom)`` that turns a pool into torch's ceil_mode pool.
+
+    With ``ceil_mode`` torch adds a partial window at the right/bottom edge when the map does
+    not divide evenly (as long as it starts inside the map or its left/top padding). Padding
+    the input on the right/bottom by the missing part and pooling in floor mode gives the same
+    windows; for a max of non-negative values (ReLU outputs, spikes) zeros change nothing, and
+    in the gated spiking max pool a padded position never wins (a window's first real input
+    comes before every right/bottom padding in row-major order, and ties go to the first).
+
+    Args:
+        pool: max-pool geometry ``{"kernel", "stride", "padding", "ceil_mode"}`` (pairs).
+        hw: the input map ``(H, W)``.
+
+    Returns:
+        the padding for ``F.pad``, or None when there is nothing to pad.
+    """
+    if not pool.get("ceil_mode"):
+        return None
+    extra = []
+    for n, k, s, p in zip(hw, pool["kernel"], pool["stride"], pool["padding"]):
+        out = -(-(n + 2 * p - k) // s) + 1
+        if (out - 1) * s >= n + p:  # torch's rule: the last window must start inside the map or its padding
+            out -= 1
+        extra.append(max(0, (out - 1) * s + k - (n + 2 * p)))
+    return (0, extra[1], 0, extra[0]) if any(extra) else None
 
 
 def _conv_out(n: int, k: int, s: int, p: int) -> int:
@@ -93,6 +124,10 @@ class Executor:
                  detach_reset: bool = False):
         self.net, self.backend = net, backend
         self.spike_dtype = torch.float32 if train else torch.uint8
+        # whether each layer's output is 0/1 (a max pool passes its source's spikes)
+        self.binary: list[bool] = []
+        for layer in net.layers:
+            self.binary.append(self.binary[layer.source] if layer.kind == "maxpool" else layer.neuron.binary)
         self.grad_kw = dict(surrogate=surrogate, detach_reset=detach_reset) if train else {}
 
     def term(self, term: Term, outs: list, exact: bool = False) -> torch.Tensor:
@@ -100,7 +135,14 @@ class Executor:
         x = outs[term.source]
         for op in term.pre:
             x = apply_op(op, x, self.backend)
-        if exact and term.kind in ("conv", "linear"):
+        if term.kind in ("conv", "linear") and term.source >= 0 and not self.binary[term.source] and not exact:
+            # burst counts / signed spikes: the event-driven kernels read 0/1 only; a dense float32 op
+            T, B = x.shape[:2]
+            x = x.reshape(T * B, *x.shape[2:]).float()
+            x = F.conv2d(x, term.weight, term.bias, term.stride, term.padding) if term.kind == "conv" \
+                else F.linear(x, term.weight, term.bias)
+            x = x.reshape(T, B, *x.shape[1:])
+        elif exact and term.kind in ("conv", "linear"):
             # the readout: computed in float64 and rounded once, so its float32 value does not
             # depend on how many steps are batched together (a float32 matmul's rounding can
             # depend on its row count); chunked and unchunked runs then agree bit for bit
@@ -156,12 +198,18 @@ class Executor:
         be = self.backend
         if layer.kind == "maxpool":
             p = layer.pool
-            return sk.spike_max_pool2d(outs[layer.source], p["kernel"], p["stride"], p["padding"], count=state,
+            s = outs[layer.source]
+            pad = ceil_mode_pad(p, tuple(s.shape[-2:]))
+            if pad is not None:
+                s = F.pad(s, pad)
+            return sk.spike_max_pool2d(s, p["kernel"], p["stride"], p["padding"], count=state,
                                        return_state=True, backend=be)
         nrn = layer.neuron
         v0 = state if state is not None else nrn.v0
         kw = dict(return_state=True, spike_dtype=self.spike_dtype, backend=be, **self.grad_kw)
         rows = nrn.bias_rows(t0, steps)
+        if nrn.kind != "if":
+            return self._multibit(layer, outs, steps, v0, stem_current, rows)
         if layer.kind == "stem":
             cur = stem_current.expand(steps, *stem_current.shape[1:])
             if rows is not None:
@@ -202,9 +250,30 @@ class Executor:
             return sk.spike_conv2d(x, main.weight, main.bias, main.stride, main.padding, **kw)
         return sk.spike_linear(x, main.weight, main.bias, **kw)
 
+    def _multibit(self, layer: Layer, outs: list, steps: int, state, stem_current, rows):
+        """A burst or signed neuron layer: its whole input current, then the neuron's scan."""
+        nrn = layer.neuron
+        if layer.kind == "stem":
+            cur = stem_current.expand(steps, *stem_current.shape[1:])
+        else:
+            cur = self.currents(layer.terms(), outs)
+            if layer.bias is not None:
+                cur = cur + channel_view(layer.bias, cur)
+        if rows is not None:
+            cur = cur + rows.view(steps, 1, -1, *([1] * (cur.dim() - 3)))
+        if nrn.kind == "burst":
+            return sk.burst_scan(cur, nrn.threshold, state, nrn.max_spikes, return_state=True,
+                                 spike_dtype=torch.float32, backend=self.backend)
+        return sk.signed_scan(cur, nrn.threshold, state, return_state=True, spike_dtype=torch.float32,
+                              backend=self.backend)
+
     def simulate(self, images: torch.Tensor, T: int, per_step: bool = False, chunk: int | None = None,
-                 record_maps: bool = False):
-        """Simulate ``T`` steps; returns ``(scores, stats)`` (see :meth:`SpikingNetwork.forward`)."""
+                 record_maps: bool = False, observer=None):
+        """Simulate ``T`` steps; returns ``(scores, stats)`` (see :meth:`SpikingNetwork.forward`).
+
+        ``observer(i, t0, spikes)``, when given, sees the spikes ``[steps, B, ...]`` of layer i
+        for the steps starting at t0, before they are dropped (diagnostics).
+        """
         net = self.net
         B = images.shape[0]
         chunk = min(T, chunk or default_chunk(net, B, tuple(images.shape[2:])))
@@ -227,11 +296,14 @@ class Executor:
             outs: list = [None] * n
             for i in range(n):
                 outs[i], states[i] = self.run_layer(i, outs, steps, states[i], stems.get(i), t0)
-                counts[i] += count_spikes(outs[i])
+                counts[i] += count_spikes(outs[i], self.binary[i])
                 if t0 == 0:
                     neurons[i] = outs[i][0, 0].numel()
+                if observer is not None:
+                    observer(i, t0, outs[i])
                 if maps is not None:
-                    m = outs[i].detach().sum((0, 1), dtype=torch.float64).cpu()
+                    o = outs[i].detach()
+                    m = (o if self.binary[i] else o.abs()).sum((0, 1), dtype=torch.float64).cpu()
                     if m.shape != maps[i].shape:
                         maps[i] = torch.zeros(m.shape, dtype=torch.float64)
                     maps[i] += m
@@ -285,20 +357,19 @@ class Executor:
             scores = (cend - cstart + squash(v)) / span * lam
         return scores if per_step else scores[0]
 
-    def analog(self, images: torch.Tensor, clip: bool = False) -> torch.Tensor:
-        """The description run with ReLU (``clip``: clamp to [0, 1]) in place of IF neurons.
-
-        A neuron of threshold θ passes relu(x)/θ (clip: clamp(x/θ, 0, 1)); the start membrane
-        and the bias schedule are not part of this view (they act on the spike timing).
-        Returns the readout ``[B, classes]`` times λ_out.
-        """
+    def analog_layers(self, images: torch.Tensor, clip: bool = False) -> list:
+        """Every layer's activation ``[1, B, ...]`` in the analog view (see :meth:`analog`)."""
         net = self.net
         acts: list = [None] * len(net.layers)
         stems = self.stem_currents(images.float())
         for i, layer in enumerate(net.layers):
             if layer.kind == "maxpool":
                 p = layer.pool
-                y = F.max_pool2d(acts[layer.source][0], p["kernel"], p["stride"], p["padding"])[None]
+                a = acts[layer.source][0]
+                pad = ceil_mode_pad(p, tuple(a.shape[-2:]))
+                if pad is not None:
+                    a = F.pad(a, pad)
+                y = F.max_pool2d(a, p["kernel"], p["stride"], p["padding"])[None]
             else:
                 cur = stems[i] if layer.kind == "stem" else self.currents(layer.terms(), acts)
                 if layer.bias is not None:
@@ -308,7 +379,17 @@ class Executor:
                     cur = cur / channel_view(torch.as_tensor(thr, dtype=torch.float32), cur)
                 y = cur.clamp(0, 1) if clip else cur.clamp_min(0)
             acts[i] = y
-        return self.currents(net.output, acts)[0] * net.output_scale
+        return acts
+
+    def analog(self, images: torch.Tensor, clip: bool = False) -> torch.Tensor:
+        """The description run with ReLU (``clip``: clamp to [0, 1]) in place of IF neurons.
+
+        A neuron of threshold θ passes relu(x)/θ (clip: clamp(x/θ, 0, 1)); the start membrane
+        and the bias schedule are not part of this view (they act on the spike timing).
+        Returns the readout ``[B, classes]`` times λ_out.
+        """
+        acts = self.analog_layers(images, clip)
+        return self.currents(self.net.output, acts)[0] * self.net.output_scale
 
 
 def layer_of(net: Network, name: str) -> Layer:

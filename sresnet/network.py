@@ -19,6 +19,10 @@ import torch
 
 READOUTS = ("membrane", "spikes")
 RESETS = ("subtract", "zero")
+# "if": binary spikes (the paper's IF neuron); opt-in, more than one bit per step:
+# "burst": 0..max_spikes spikes per step (Li & Zeng, IJCAI 2022); "signed": +1/-1 spikes with
+# memory, a negative spike only after a net positive count (SNM, Wang et al., IJCAI 2022)
+NEURON_KINDS = ("if", "burst", "signed")
 LAYER_KINDS = ("stem", "neuron", "maxpool")
 # parameter-free ops a term may apply before/after its conv/linear (see executor.apply_op)
 OPS = ("subsample", "chanpad", "avgpool", "gap", "flatten", "pad", "maxpool")
@@ -94,14 +98,26 @@ class Neuron:
         bias_schedule: None, or a per-step extra input current ``[H, C]`` float32: row t is added
             at step t (0-based); steps t >= H use row H-1. Calibrated forward-only, causally
             (row t depends only on steps <= t), so one schedule serves every T.
+        kind: "if" (binary spikes), or opt-in "burst" (up to ``max_spikes`` spikes per step,
+            :func:`spikekernels.burst_scan`) or "signed" (±1 spikes with memory,
+            :func:`spikekernels.signed_scan`). Burst and signed neurons send more than one bit
+            per neuron and step: their T is not comparable with binary spikes.
+        max_spikes: spikes per step of a burst neuron (1 for the others).
     """
 
-    __slots__ = ("threshold", "v0", "reset", "bias_schedule")
+    __slots__ = ("threshold", "v0", "reset", "bias_schedule", "kind", "max_spikes")
 
     def __init__(self, threshold: float | torch.Tensor = 1.0, v0=None, reset: str = "subtract",
-                 bias_schedule: torch.Tensor | None = None):
+                 bias_schedule: torch.Tensor | None = None, kind: str = "if", max_spikes: int = 1):
         if reset not in RESETS:
             raise ValueError(f"reset={reset!r}; accepted: {', '.join(map(repr, RESETS))}")
+        if kind not in NEURON_KINDS:
+            raise ValueError(f"neuron kind {kind!r}; accepted: {', '.join(map(repr, NEURON_KINDS))}")
+        if isinstance(max_spikes, bool) or not isinstance(max_spikes, int) or max_spikes < 1:
+            raise ValueError(f"max_spikes must be an int >= 1 (spikes per step of a burst neuron), got {max_spikes!r}")
+        if kind != "if" and reset != "subtract":
+            raise ValueError(f"{kind} neurons reset by subtraction only; got reset={reset!r}")
+        self.kind, self.max_spikes = kind, max_spikes
         if bias_schedule is not None and (not isinstance(bias_schedule, torch.Tensor) or bias_schedule.dim() != 2):
             raise ValueError("bias_schedule must be a float tensor [H, C] (one row per time step)")
         self.threshold, self.v0, self.reset, self.bias_schedule = threshold, v0, reset, bias_schedule
@@ -110,7 +126,19 @@ class Neuron:
     def default(self) -> bool:
         """True for the plain IF neuron of the paper (θ = 1, v0 = θ/2, subtract, no schedule)."""
         return (not isinstance(self.threshold, torch.Tensor) and self.threshold == 1.0 and self.v0 is None
-                and self.reset == "subtract" and self.bias_schedule is None)
+                and self.reset == "subtract" and self.bias_schedule is None and self.kind == "if")
+
+    @property
+    def binary(self) -> bool:
+        """Whether the spikes are 0/1 (the event-driven kernels' input)."""
+        return self.kind == "if" or (self.kind == "burst" and self.max_spikes == 1)
+
+    @property
+    def bits(self) -> float:
+        """Bits a neuron sends per step: 1 (IF), log2(max_spikes + 1) (burst), log2(3) (signed)."""
+        if self.kind == "signed":
+            return math.log2(3)
+        return math.log2(self.max_spikes + 1) if self.kind == "burst" else 1.0
 
     def bias_rows(self, t0: int, steps: int) -> torch.Tensor | None:
         """Rows ``t0 .. t0+steps-1`` of the schedule ``[steps, C]`` (the last row repeats), or None."""
@@ -177,7 +205,9 @@ class Layer:
         main: the conv/linear term fused with the neuron (None when there is none);
             others: the other terms (shortcuts; their sum enters the fused kernel).
         bias: extra constant input current ``[C]`` of a layer without a main term.
-        pool, source: max-pool geometry ``{"kernel", "stride", "padding"}`` and input layer.
+        pool, source: max-pool geometry ``{"kernel", "stride", "padding"}`` (pairs; optional
+            ``"ceil_mode": True``, torch's ceil_mode, see :func:`sresnet.executor.ceil_mode_pad`)
+            and input layer.
         neuron: the :class:`Neuron` parameters.
     """
 
@@ -279,7 +309,9 @@ class Network:
         self.info = dict(info or {})
         self.scales = dict(scales or {})
         self.compensation = dict(compensation or {})
-        self.size_agnostic = not _spatial_flatten(self.layers, self.output)
+        # info["size_specific"]: ops whose windows the converter fixed for the conversion's map
+        # size (adaptive pooling to k x k); like a flattened map, they pin the image size
+        self.size_agnostic = not _spatial_flatten(self.layers, self.output) and not self.info.get("size_specific")
         self.free_after = self._plan()
 
     def _plan(self) -> list[list[int]]:

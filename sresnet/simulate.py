@@ -119,9 +119,11 @@ class SpikingNetwork(nn.Module):
             raise ValueError(f"this network was converted for images {list(self.input_shape)} ([C, H, W]); "
                              f"got images with {images.shape[1]} channels (shape {list(images.shape)})")
         if tuple(images.shape[2:]) != (h, w) and not self.network.size_agnostic:
+            fixed = self.network.info.get("size_specific")
+            why = f"Its {fixed[0]} are fixed" if fixed else "Its head flattens a spatial map"
             raise ValueError(
                 f"this network was converted for images {list(self.input_shape)} ([C, H, W]); got "
-                f"{list(images.shape[2:])} (H, W). Its head flattens a spatial map, so it only accepts "
+                f"{list(images.shape[2:])} (H, W). {why}, so it only accepts "
                 f"{h}x{w} images: resize them, or convert the model on images of the new size")
         if not images.is_floating_point():
             raise TypeError(f"images must be a normalized float tensor, got dtype {images.dtype}")

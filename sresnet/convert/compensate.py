@@ -103,7 +103,8 @@ def _run_layer(snn, i: int, outs_full: list, T: int, chunk: int, images: torch.T
             out = torch.empty((T,) + tuple(s.shape[1:]), dtype=s.dtype)
         out[t0 : t0 + steps] = s
         dims = [0, 1] + list(range(3, s.dim()))
-        c = torch.count_nonzero(s, dim=dims) if layer.kind != "maxpool" else None
+        # the spikes sent (a count per step for burst neurons, ±1 for signed ones; 0/1 for IF)
+        c = s.sum(dim=dims, dtype=torch.int64) if layer.kind != "maxpool" else None
         counts = c if counts is None else (counts + c if c is not None else None)
     per = T * out.shape[1] * (out[0, 0, 0].numel() if out.dim() > 3 else 1)
     rate = counts.double().div(per).float() if counts is not None else None

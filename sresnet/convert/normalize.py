@@ -87,7 +87,9 @@ def scale_term(term: Term, lam_in: torch.Tensor, lam_out: torch.Tensor, where: s
     Wn = (W * in_view / out_view).contiguous()
     bn = (b / lam_out).contiguous() if b is not None else None
     if wop.kind == "conv":
-        return RTerm(term.source, pre, "conv", Wn, bn, tuple(mod.stride), tuple(mod.padding), [_runtime_op(o) for o in post])
+        # stride and padding as the tracer resolved them (padding="same" -> numbers)
+        return RTerm(term.source, pre, "conv", Wn, bn, wop.args["stride"], wop.args["padding"],
+                     [_runtime_op(o) for o in post])
     return RTerm(term.source, pre, "linear", Wn, bn, post=[_runtime_op(o) for o in post])
 
 

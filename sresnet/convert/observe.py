@@ -9,6 +9,12 @@ uniform sample of n positives the empirical p-quantile has a rank error of stand
 deviation sqrt(q(1-q)/n), q = p/100: with n = 2**19 (half of 2**20 values positive) and
 p = 99.9 that is 4.4e-5, so λ lies between the true 99.887th and 99.913th percentiles
 with probability ~0.997. "max" is always exact.
+
+Several processes (:mod:`sresnet.distributed`) each observe a share of the batches (batch b
+on rank b mod world). Each site's generator is advanced past the batches a rank skips by the
+exact number of draws those batches would have made, so every batch is sampled as one
+process would sample it; the samples are gathered and the maxima merged by MAX. λ is then
+bit-identical for any number of processes.
 """
 
 from __future__ import annotations
@@ -22,16 +28,36 @@ import torch.fx as fx
 class SiteStats:
     """Streaming percentile of the positive values of one site (scalar or per channel dim 1)."""
 
-    def __init__(self, percentile, per_channel: bool, max_values: int, n_batches: int, seed: int):
+    def __init__(self, percentile, per_channel: bool, max_values: int, n_batches: int, seed: int,
+                 batch_size: int | None = None):
         self.percentile = percentile
+        self.batch_size = batch_size
+        self.next_batch = 0
         self.per_channel = per_channel
         self.per_batch = max(1, max_values // max(1, n_batches))
         self.gen = torch.Generator().manual_seed(seed)
         self.samples: list[torch.Tensor] = []
         self.maximum: torch.Tensor | None = None
 
-    def update(self, x: torch.Tensor) -> None:
+    def _skip(self, batches: int, x: torch.Tensor) -> None:
+        """Advance the generator by the draws of ``batches`` full batches (as ``x``'s per-image shape)."""
+        if batches <= 0 or self.percentile == "max":
+            return
+        per_image = x[0].numel()
+        full = per_image * self.batch_size
+        if self.per_channel:
+            n, cols = full // x.shape[1], self.per_batch // x.shape[1] + 1
+            if n > cols:
+                torch.randint(n, (cols * batches,), generator=self.gen)
+        elif full > self.per_batch:
+            torch.randint(full, (self.per_batch * batches,), generator=self.gen)
+
+    def update(self, x: torch.Tensor, batch: int | None = None) -> None:
+        """Add the activations ``x`` ``[B, C, ...]`` of batch number ``batch`` (None: the next one)."""
         x = x.detach().float()
+        if batch is not None:
+            self._skip(batch - self.next_batch, x)
+            self.next_batch = batch + 1
         if self.per_channel:
             flat = x.movedim(1, 0).reshape(x.shape[1], -1)  # [C, N]
             m = flat.amax(dim=1)
@@ -51,6 +77,17 @@ class SiteStats:
             if flat.numel() > self.per_batch:
                 flat = flat[torch.randint(flat.numel(), (self.per_batch,), generator=self.gen)]
             self.samples.append(flat[flat > 0].clone())
+
+    def merge(self, shard) -> None:
+        """Join the samples and maxima of every rank of ``shard`` (in rank order)."""
+        if not shard.active:
+            return
+        parts = shard.gather((self.maximum, self.samples))
+        maxima = [m for m, _ in parts if m is not None]
+        self.maximum = None
+        for m in maxima:
+            self.maximum = m if self.maximum is None else torch.maximum(self.maximum, m)
+        self.samples = [t for _, samples in parts for t in samples]
 
     def scale(self) -> torch.Tensor:
         """λ: a 0-dim tensor, or ``[C]`` per channel. Sites that never fire get λ = 1 (per channel:
@@ -84,18 +121,19 @@ class _Recorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, stats: dict[str, SiteStats]):
         super().__init__(gm)
         self.stats = stats
+        self.batch: int | None = None
 
     def run_node(self, n: fx.Node):
         result = super().run_node(n)
         if n.op == "output":
-            self.stats["output"].update(self.env[n.args[0]])
+            self.stats["output"].update(self.env[n.args[0]], self.batch)
         elif n.name in self.stats:
-            self.stats[n.name].update(result)
+            self.stats[n.name].update(result, self.batch)
         return result
 
 
 def observe(program, images: torch.Tensor, *, percentile, per_channel: bool, batch_size: int,
-            max_values: int = 2 ** 20, seed: int = 0) -> dict[str, torch.Tensor]:
+            max_values: int = 2 ** 20, seed: int = 0, shard=None) -> dict[str, torch.Tensor]:
     """λ for every neuron layer, every observed term (shortcut_norm=False) and the logits.
 
     Args:
@@ -104,6 +142,8 @@ def observe(program, images: torch.Tensor, *, percentile, per_channel: bool, bat
         percentile: a number in (0, 100] or "max".
         per_channel: one λ per channel (dim 1) instead of one per site.
         batch_size: images per ANN forward.
+        shard: a :class:`sresnet.distributed.Shard`: this process observes batches b with
+            b mod world = rank and the statistics are merged (λ identical for any world size).
 
     Returns:
         ``{site node name: λ, ..., "output": λ}``, λ float32 0-dim or ``[C]``.
@@ -111,10 +151,17 @@ def observe(program, images: torch.Tensor, *, percentile, per_channel: bool, bat
     keys = [l.name for l in program.layers if l.kind == "neuron"]
     keys += [t.observe for l in program.layers if l.kind == "neuron" for t in l.terms if t.observe]
     n_batches = math.ceil(images.shape[0] / batch_size)
-    stats = {k: SiteStats(percentile, per_channel, max_values, n_batches, seed + i) for i, k in enumerate(keys)}
+    stats = {k: SiteStats(percentile, per_channel, max_values, n_batches, seed + i, batch_size)
+             for i, k in enumerate(keys)}
     # the logits have no channel structure worth a per-channel scale (argmax must not change)
-    stats["output"] = SiteStats(percentile, False, max_values, n_batches, seed + len(keys))
+    stats["output"] = SiteStats(percentile, False, max_values, n_batches, seed + len(keys), batch_size)
     rec = _Recorder(program.graph_module, stats)
-    for i in range(0, images.shape[0], batch_size):
-        rec.run(images[i : i + batch_size])
+    for b in range(n_batches):
+        if shard is not None and not shard.owns(b):
+            continue
+        rec.batch = b
+        rec.run(images[b * batch_size : (b + 1) * batch_size])
+    if shard is not None:
+        for st in stats.values():
+            st.merge(shard)
     return {k: s.scale().float() for k, s in stats.items()}

@@ -13,7 +13,8 @@ from ..network import READOUTS, Readout
 from ..simulate import SpikingNetwork
 from . import compensate as comp
 from . import lowlat
-from .fold import fold_batchnorm
+from .fold import fold_batchnorm, split_call_sites
+from ..distributed import shard_from
 from .fuse import pool_analog_stem
 from .normalize import normalize
 from .observe import observe
@@ -26,6 +27,73 @@ def _check_percentile(p):
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 < p <= 100) or not math.isfinite(p):
         raise ValueError(f"percentile must be a number in (0, 100] or 'max', got {p!r}")
     return float(p)
+
+
+_HOOKS = {"_forward_pre_hooks": "forward pre-hook", "_forward_hooks": "forward hook"}
+
+
+def _hooks(module: nn.Module) -> list[str]:
+    return [what for attr, what in _HOOKS.items() if getattr(module, attr, None)]
+
+
+def ann_copy(model: nn.Module) -> nn.Module:
+    """A float32 CPU copy of ``model`` in eval mode with weight parametrizations baked in.
+
+    The user's model is never touched (its training flags, parameters, buffers,
+    requires_grad flags and hooks stay as they were). In the copy, ``torch.nn.utils``
+    parametrizations (``parametrizations.weight_norm``, ``spectral_norm``, ...) and the
+    old hook-based ``weight_norm`` / ``spectral_norm`` are replaced by the weight they give
+    in eval mode, exactly what the model's forward uses.
+
+    Raises:
+        ValueError: a module of the model (or every module, globally) has another forward
+            hook or forward pre-hook. torch.fx traces ``forward`` without hooks, so a hook
+            that changes an output would be silently lost; the message names the module.
+    """
+    from torch.nn.modules import module as module_mod
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.spectral_norm import SpectralNorm, remove_spectral_norm
+    from torch.nn.utils.weight_norm import WeightNorm, remove_weight_norm
+
+    if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
+        raise ValueError(
+            "a global forward hook is registered (torch.nn.modules.module.register_module_forward_hook or "
+            "..._pre_hook); convert traces forward() without hooks, so remove it before convert"
+        )
+    ann = copy.deepcopy(model)
+    for name, mod in ann.named_modules():
+        for hook in list(mod._forward_pre_hooks.values()):
+            if isinstance(hook, WeightNorm):
+                remove_weight_norm(mod, hook.name)
+            elif isinstance(hook, SpectralNorm):
+                remove_spectral_norm(mod, hook.name)
+        found = _hooks(mod)
+        if found:
+            raise ValueError(
+                f"module {name or type(model).__name__!r} ({type(mod).__name__}) has a "
+                f"{' and a '.join(found)}; convert traces forward() "
+                "without hooks, so a hook that changes an output would be silently lost. Remove it "
+                "(handle.remove()) before convert and register it again afterwards"
+            )
+    ann = ann.cpu().float().eval()
+    for mod in ann.modules():
+        if parametrize.is_parametrized(mod):
+            _bake_parametrizations(mod)
+    return ann
+
+
+def _bake_parametrizations(mod: nn.Module) -> None:
+    """Replace a (copied) module's parametrized tensors by their current values.
+
+    Not ``parametrize.remove_parametrizations``: it deletes the property from the module's
+    class, which the deep copy shares with the user's module, and so breaks the user's model.
+    """
+    values = {name: getattr(mod, name).detach().clone() for name in mod.parametrizations}
+    # parametrize wraps the class as type("Parametrized" + name, (cls,), ...): restore cls on the copy only
+    mod.__class__ = type(mod).__bases__[0]
+    del mod._modules["parametrizations"]
+    for name, value in values.items():
+        mod.register_parameter(name, nn.Parameter(value, requires_grad=False))
 
 
 METHODS = ("lowlat", "s-resnet")
@@ -67,6 +135,7 @@ def convert(
     seed: int = 0,
     progress: bool = False,
     analog_stem_pool: bool = True,
+    process_group=None,
 ) -> SpikingNetwork:
     """Convert a trained ReLU network (e.g. a ResNet) into a spiking network (S-ResNet).
 
@@ -81,7 +150,8 @@ def convert(
     - "s-resnet": the paper's conversion with the constant compensation
       (:mod:`sresnet.convert.compensate`), exactly the pre-issue-12 default.
 
-    The ANN itself is not modified (a copy is folded).
+    The ANN itself is not modified: a copy is folded, and the model's training flags,
+    parameters, buffers and hooks are left exactly as they were.
 
     Args:
         model: an FX-traceable network of conv, BatchNorm, ReLU, add, pooling, flatten,
@@ -113,6 +183,12 @@ def convert(
         analog_stem_pool: move a max pool that directly follows the stem neuron in front of it
             (exact: the stem's current is constant over T, see :mod:`sresnet.convert.fuse`);
             False keeps a gated spiking max pool there, as the paper does.
+        process_group: an initialized ``torch.distributed`` group (default: the default group
+            when one is initialized, e.g. under torchrun). The ranks share the observation of
+            the calibration batches and merge it exactly (:mod:`sresnet.distributed`); the
+            layer-by-layer calibration on ``calib_subset`` images runs whole on every rank.
+            The network is bit-identical to a single-process conversion. Every rank must pass
+            the same ``calib_images``.
         progress: a tqdm bar on stderr over the layers being calibrated (the calibration
             is most of the conversion time: minutes for ResNet-56 on 2 CPU cores).
 
@@ -138,38 +214,36 @@ def convert(
     delay = _check_method(method, horizon, compensation, readout_delay)
     comp_method = comp.check_compensation(compensation)
     calib_images = calib_images.detach().float().cpu()
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            ann = copy.deepcopy(model).cpu().float().eval()
-            gm = trace(ann)
-            folded = fold_batchnorm(gm)
-            try:
-                program = analyze(gm, calib_images[: min(2, calib_images.shape[0])])
-            except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ValueError(
-                    f"the model cannot run on calib_images of shape {tuple(calib_images.shape)}: {first}"
-                ) from exc
-            pooled = pool_analog_stem(program) if analog_stem_pool else 0
-            scales = observe(program, calib_images, percentile=percentile, per_channel=per_channel,
-                             batch_size=batch_size, max_values=max_values, seed=seed)
-            layers, output = normalize(program, scales, shortcut_norm=shortcut_norm)
-            info = dict(method=method, percentile=percentile, per_channel=per_channel, shortcut_norm=shortcut_norm,
-                        compensation=compensation if isinstance(compensation, (str, type(None))) else "user",
-                        folded_batchnorms=folded, analog_stem_pools=pooled)
-            if method == "lowlat":
-                info["horizon"] = horizon
-            snn = SpikingNetwork(layers, output, scales["output"], program.input_shape,
-                                 readout=Readout(readout, delay_fraction=delay), info=info)
-            snn.scales = {k: v.clone() for k, v in scales.items()}
-            if method == "s-resnet":
-                comp.compensate(snn, program, scales, calib_images, comp_method, compensation,
-                                timesteps=calib_timesteps, subset=calib_subset, batch_size=batch_size,
-                                progress=progress)
-            elif comp_method != "off":
-                lowlat.calibrate_schedule(snn, program, scales, calib_images[:calib_subset], horizon,
-                                          batch_size=batch_size, progress=progress)
-            return snn
-    finally:
-        model.train(was_training)
+    shard = shard_from(process_group)
+    with torch.no_grad():
+        gm = trace(ann_copy(model))
+        # one module per call site: folding must not change a weight another call also uses
+        split_call_sites(gm)
+        folded = fold_batchnorm(gm)
+        try:
+            program = analyze(gm, calib_images[: min(2, calib_images.shape[0])])
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(
+                f"the model cannot run on calib_images of shape {tuple(calib_images.shape)}: {first}"
+            ) from exc
+        pooled = pool_analog_stem(program) if analog_stem_pool else 0
+        scales = observe(program, calib_images, percentile=percentile, per_channel=per_channel,
+                         batch_size=batch_size, max_values=max_values, seed=seed, shard=shard)
+        layers, output = normalize(program, scales, shortcut_norm=shortcut_norm)
+        info = dict(method=method, percentile=percentile, per_channel=per_channel, shortcut_norm=shortcut_norm,
+                    compensation=compensation if isinstance(compensation, (str, type(None))) else "user",
+                    folded_batchnorms=folded, analog_stem_pools=pooled, size_specific=list(program.size_specific))
+        if method == "lowlat":
+            info["horizon"] = horizon
+        snn = SpikingNetwork(layers, output, scales["output"], program.input_shape,
+                             readout=Readout(readout, delay_fraction=delay), info=info)
+        snn.scales = {k: v.clone() for k, v in scales.items()}
+        if method == "s-resnet":
+            comp.compensate(snn, program, scales, calib_images, comp_method, compensation,
+                            timesteps=calib_timesteps, subset=calib_subset, batch_size=batch_size,
+                            progress=progress)
+        elif comp_method != "off":
+            lowlat.calibrate_schedule(snn, program, scales, calib_images[:calib_subset], horizon,
+                                      batch_size=batch_size, progress=progress)
+        return snn

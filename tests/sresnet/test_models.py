@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sresnet.models import cifar_resnet, imagenet_resnet, load_checkpoint
+from sresnet.models import build_model, cifar_resnet, imagenet_resnet, load_checkpoint
 
 
 @pytest.mark.parametrize("name,blocks", [("resnet20", 3), ("resnet32", 5), ("resnet56", 9), ("resnet110", 18)])
@@ -98,3 +98,83 @@ def test_shared_checkpoints_load(shared_dir):
         assert not m.training
     with pytest.raises(ValueError, match="unexpected keys"):
         load_checkpoint("resnet20", shared_dir / "models" / "resnet56-4bfd9763.th")
+
+
+# parameter counts of torchvision's models (its documentation's "num_params"), independent of this code
+@pytest.mark.parametrize("name,params", [("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032),
+                                         ("resnet101", 44_549_160), ("resnet152", 60_192_808),
+                                         ("wide_resnet50_2", 68_883_240), ("wide_resnet101_2", 126_886_696)])
+def test_torchvision_parameter_counts(name, params):
+    with torch.device("meta"):  # no memory, no initialization cost
+        m = imagenet_resnet(name)
+    assert sum(p.numel() for p in m.parameters()) == params
+
+
+def test_wide_resnet_bottleneck_width():
+    with torch.device("meta"):
+        m = imagenet_resnet("wide_resnet50_2")
+    # torchvision: width = planes * 128 / 64 inside the block, the output stays planes * 4
+    assert m.layer1[0].conv2.weight.shape == (128, 128, 3, 3) and m.layer1[0].conv3.weight.shape == (256, 128, 1, 1)
+
+
+def test_resnext_refused_with_reason():
+    with pytest.raises(ValueError, match=r"resnext50_32x4d uses grouped 3x3 convolutions \(groups=32\).*groups=1 only"):
+        imagenet_resnet("resnext50_32x4d")
+    with pytest.raises(ValueError, match="grouped"):
+        load_checkpoint("resnext101_32x8d", "unused.pt")
+
+
+def test_class_count_mismatch_names_both(tmp_path):
+    path = tmp_path / "tv.pt"
+    torch.save(imagenet_resnet("resnet18", 10).state_dict(), path)
+    assert load_checkpoint("resnet18", path).fc.out_features == 10  # read from the checkpoint
+    with pytest.raises(ValueError, match=r"is for 10 classes \(fc.weight \(10, 512\)\) but the model has 100 outputs"):
+        load_checkpoint("resnet18", path, num_classes=100)
+
+
+FACTORY = '''
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes=7):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.head(self.conv(x).relu().mean((2, 3)))
+
+
+def build(num_classes=7):
+    return Net(num_classes)
+
+
+def not_a_module():
+    return 3
+'''
+
+
+def test_user_factory_from_file_and_module(tmp_path, monkeypatch):
+    (tmp_path / "mynets.py").write_text(FACTORY)
+    spec = f"{tmp_path / 'mynets.py'}:build"
+    ref = build_model(spec, num_classes=3).eval()
+    ck = tmp_path / "net.pt"
+    torch.save({"state_dict": ref.state_dict()}, ck)
+    loaded = load_checkpoint(spec, ck, num_classes=3)
+    x = torch.randn(2, 3, 5, 5)
+    assert torch.equal(loaded(x), ref(x)) and not loaded.training
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert isinstance(load_checkpoint("mynets:build", ck, num_classes=3), torch.nn.Module)
+    # the factory's default head (7 classes) against a 3-class checkpoint: both counts named
+    with pytest.raises(ValueError, match=r"is for 3 classes \(head.weight \(3, 4\)\) but the model has 7 outputs"):
+        load_checkpoint("mynets:build", ck)
+    assert load_checkpoint("mynets:build", None).head.out_features == 7
+    with pytest.raises(ValueError, match="returned a int, not an nn.Module"):
+        build_model("mynets:not_a_module")
+    with pytest.raises(ValueError, match="has no callable 'absent'"):
+        build_model("mynets:absent")
+    with pytest.raises(ValueError, match="cannot import 'no_such_pkg.nets'.*PYTHONPATH"):
+        build_model("no_such_pkg.nets:build")
+    with pytest.raises(ValueError, match="needs a checkpoint file"):
+        load_checkpoint("resnet18", None)

@@ -153,7 +153,7 @@ def _assert_same(a, b, where="network"):
 
 def test_save_load_keeps_every_field(tmp_path):
     model = make("tiny_B_module")
-    snn = sresnet.convert(model, _images(16, 8, seed=2), calib_timesteps=8)
+    snn = sresnet.convert(model, _images(16, 8, seed=2), method="s-resnet", calib_timesteps=8)
     assert snn.scales and snn.compensation  # the conversion's metadata exists before saving
     snn.network.readout.delay = 3
     snn.layers[1].neuron.threshold = torch.linspace(0.5, 1.5, snn.layers[1].shape[0])
@@ -170,7 +170,8 @@ def test_save_load_keeps_every_field(tmp_path):
 def test_load_format_version_1(tmp_path):
     """Files written before the description/executor split (format 1) still load and run the same."""
     model = make("tiny_A_functional")
-    snn = sresnet.convert(model, _images(16, 8, seed=2), calib_timesteps=8)
+    # format 1 predates neuron parameters and readout delays: the paper preset's network
+    snn = sresnet.convert(model, _images(16, 8, seed=2), method="s-resnet", calib_timesteps=8)
     net = snn.network
     old = {
         "format": "sresnet.snn", "format_version": 1, "sresnet_version": "0.1.0", "readout": "membrane",
@@ -227,3 +228,27 @@ def test_stem_max_pool_moves_before_the_neuron():
     s_ref = sk.if_scan(cur.expand(6, *cur.shape[1:]), 1.0, backend="reference")
     s, _ = ex.run_layer(0, [None], 6, None, cur)
     assert torch.equal(s.float(), s_ref)
+
+
+def test_diagnosis_by_hand_and_written(tmp_path):
+    from sresnet.diagnose import diagnose
+
+    # one stem neuron fed 0.3 from v0 = 0.5 over 6 steps fires at steps 2 and 5: rate 1/3 vs 0.3
+    net = _one_neuron_net(Neuron())
+    snn = sresnet.SpikingNetwork(net)
+    rep = diagnose(snn, torch.full((2, 1, 1, 1), 0.3), 6)
+    (row,) = rep["layers"]
+    assert row["first_spike_delay"] == 2.0
+    assert row["firing_rate"] == pytest.approx(1 / 3) and row["target_rate"] == pytest.approx(0.3)
+    assert row["rate_error"] == pytest.approx(1 / 3 - 0.3, abs=1e-6)
+    # a silent neuron: delay T + 1
+    rep = diagnose(snn, torch.full((1, 1, 1, 1), -1.0), 4)
+    assert rep["layers"][0]["first_spike_delay"] == 5.0 and rep["layers"][0]["firing_rate"] == 0.0
+    # deeper layers of a real conversion start later
+    deep = sresnet.convert(make("tiny_B_module"), _images(16, 8, seed=2), compensation=None)
+    rows = diagnose(deep, _images(4, 8), 16)["layers"]
+    assert rows[-1]["first_spike_delay"] >= rows[0]["first_spike_delay"]
+    from sresnet.diagnose import write_diagnosis
+
+    j, png = write_diagnosis(diagnose(deep, _images(4, 8), 8), tmp_path / "d")
+    assert j.is_file() and png.stat().st_size > 1000

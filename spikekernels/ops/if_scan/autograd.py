@@ -159,7 +159,8 @@ def start_membrane(v0, thr: Tensor, state_shape: Sequence[int], device: torch.de
 
 
 def if_scan(x: Tensor, threshold, v0, reset: str, return_state: bool, v_reset: float,
-            spike_dtype: torch.dtype | None, surrogate, detach_reset: bool, backend: str | None):
+            spike_dtype: torch.dtype | None, surrogate: _surrogate.Surrogate | str | None, detach_reset: bool,
+            backend: str | None):
     """The public ``sk.if_scan`` when gradients are needed (same arguments and checks)."""
     _checks.check_tensor(x, "x", min_dim=2)
     reset_zero = _checks.check_reset(reset, v_reset)

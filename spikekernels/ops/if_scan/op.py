@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ... import _checks, _dispatch
+from ...surrogate import Surrogate
 from . import autograd
 
 IMPLS = {
@@ -23,7 +24,7 @@ def if_scan(
     *,
     v_reset: float = 0.0,
     spike_dtype: torch.dtype | None = None,
-    surrogate=None,
+    surrogate: Surrogate | str | None = None,
     detach_reset: bool = False,
     backend: str | None = None,
 ):

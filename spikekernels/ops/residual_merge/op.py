@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ... import _checks, _dispatch
+from ...surrogate import Surrogate
 from ..if_scan import autograd
 
 IMPLS = {
@@ -25,7 +26,7 @@ def residual_merge(
     *,
     v_reset: float = 0.0,
     spike_dtype: torch.dtype | None = None,
-    surrogate=None,
+    surrogate: Surrogate | str | None = None,
     detach_reset: bool = False,
     backend: str | None = None,
 ):

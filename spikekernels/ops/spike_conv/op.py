@@ -7,6 +7,7 @@ import math
 import torch
 
 from ... import _checks, _dispatch
+from ...surrogate import Surrogate
 from ..if_scan import autograd, if_scan
 from . import train
 
@@ -138,7 +139,7 @@ def spike_conv2d(
     timesteps: int | None = None,
     v_reset: float = 0.0,
     spike_dtype: torch.dtype | None = None,
-    surrogate=None,
+    surrogate: Surrogate | str | None = None,
     detach_reset: bool = False,
     backend: str | None = None,
 ):
@@ -228,7 +229,7 @@ def spike_linear(
     timesteps: int | None = None,
     v_reset: float = 0.0,
     spike_dtype: torch.dtype | None = None,
-    surrogate=None,
+    surrogate: Surrogate | str | None = None,
     detach_reset: bool = False,
     backend: str | None = None,
 ):

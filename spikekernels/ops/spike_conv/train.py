@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ... import _checks
+from ...surrogate import Surrogate
 from ..if_scan import autograd
 
 
@@ -34,8 +35,9 @@ def _residual_current(residual, residual_scale, out_shape, device) -> torch.Tens
 
 
 def spiking(s, weight4, bias, stride, padding, out_hw, T: int, constant: bool, threshold, v0, reset: str,
-            return_state: bool, neuron: bool, residual, residual_scale, v_reset: float, spike_dtype,
-            surrogate, detach_reset: bool, backend):
+            return_state: bool, neuron: bool, residual, residual_scale, v_reset: float,
+            spike_dtype: torch.dtype | None, surrogate: Surrogate | str | None, detach_reset: bool,
+            backend: str | None):
     """``op._spiking`` with gradients for s, weight, bias, residual, residual_scale, threshold and v0.
 
     Spikes default to s's dtype when it is a float dtype, else float32 (gradients need floats).

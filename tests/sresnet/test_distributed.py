@@ -1,0 +1,67 @@
+"""Several processes (gloo on CPU): the same network and the same numbers as one process."""
+
+import pytest
+import torch
+
+from sresnet.distributed import Shard, shard_range
+
+import _dist_tasks
+from _dist_worker import launch
+
+
+def _same(a, b, where="result"):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+@pytest.mark.parametrize("n", [10, 11, 1])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_shard_range_covers_every_index_once(n, world):
+    got = [i for r in range(world) for i in shard_range(n, Shard(r, world))]
+    assert got == list(range(n))
+    sizes = [len(shard_range(n, Shard(r, world))) for r in range(world)]
+    assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("percentile,per_channel", [(99.0, False), (99.9, True), ("max", True)],
+                         ids=["p99", "p99.9-per-channel", "max-per-channel"])
+def test_scales_bit_identical_on_two_processes(tmp_path, percentile, per_channel):
+    # 37 images in batches of 8: 5 batches, uneven between the ranks; max_values small enough
+    # that every batch is subsampled (the generator skip is exercised)
+    kw = dict(kind="tiny_B_module", n=37, percentile=percentile, per_channel=per_channel, batch_size=8,
+              max_values=4096)
+    single = _dist_tasks.scales(**kw)
+    ranks = launch(2, "scales", tmp_path, **kw)
+    for r in ranks:
+        _same(single, r)
+
+
+@pytest.mark.parametrize("form", ["tensor", "loader", "batches"])
+def test_evaluation_numbers_identical_on_two_processes(tmp_path, form):
+    # 13 test images: not divisible by the world size; the cost maps are summed exactly too
+    kw = dict(kind="tiny_A_functional", n_calib=16, n_test=13, form=form, timesteps=[2, 5])
+    single = _dist_tasks.evaluation(**kw)
+    assert single["world_size"] == 1 and single["num_images"] == 13
+    for r in launch(2, "evaluation", tmp_path, **kw):
+        assert r.pop("world_size") == 2
+        _same({k: v for k, v in single.items() if k != "world_size"}, r)
+
+
+@pytest.mark.parametrize("method", ["lowlat", "s-resnet"])
+def test_conversion_bit_identical_on_two_processes(tmp_path, method):
+    # 21 calibration images in batches of 4 (6 batches, the last partial); every site subsampled
+    kw = dict(kind="tiny_B_module", n=21, method=method, batch_size=4, max_values=2048, horizon=8,
+              calib_timesteps=8, calib_subset=8)
+    single = _dist_tasks.network(**kw)
+    for r in launch(2, "network", tmp_path, **kw):
+        _same(single, r)
