@@ -52,7 +52,7 @@ def step_bias(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         The admissible interval is ``[1 - u_(k), 1 - u_(k+1))`` (u sorted in decreasing order,
         u_(0) = +inf, u_(M+1) = -inf); ``b`` is its point nearest 0.
     """
-    C, M = u.shape
+    C = u.shape[0]
     srt = torch.sort(u, dim=1, descending=True).values
     inf = torch.full((C, 1), float("inf"), dtype=u.dtype, device=u.device)
     padded = torch.cat([inf, srt, -inf], 1)
@@ -125,7 +125,8 @@ def schedule_for(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         k = ((t + 1) * wanted - emitted).round().clamp(0, M).long()
         bt = step_bias(v + xs[t], k)
         b[t] = bt
-        # the run's arithmetic: current (+ bias row) first, then the membrane
+        # as a run adds them: the bias joins the current before the membrane (the count kept
+        # here can still differ from the run's by near-threshold rounding)
         v = v + (xs[t] + bt[:, None])
         s = v >= 1.0
         v = v - s.float()
@@ -135,7 +136,7 @@ def schedule_for(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def calibrate_schedule(snn, program, scales: dict, images: torch.Tensor, horizon: int, *, batch_size: int = 128,
                        progress: bool = False) -> dict:
-    """Give every neuron layer of ``snn`` a bias schedule ``[horizon, C]`` (in place).
+    """Give every neuron layer of ``snn`` a bias schedule ``[horizon + 1, C]`` (in place).
 
     Args:
         snn: a :class:`sresnet.simulate.SpikingNetwork` fresh from normalization.
