@@ -277,7 +277,7 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
              calib_size: int = 1000, percentile: float | str = 99.9, shortcut: str = "A", compensation="auto",
              readout: str = "membrane", per_channel: bool = False, shortcut_norm: bool = True,
              progress: bool = False, cost: bool = False, calib_timesteps: int = CALIB_TIMESTEPS,
-             calib_subset: int = CALIB_SUBSET, method: str = "lowlat", horizon: int = DEFAULT_HORIZON,
+             calib_subset: int = CALIB_SUBSET, method: str = "lowlat", horizon: int | None = None,
              readout_delay: float | None = None, process_group=None, diagnose: int = 0) -> dict:
     """Load a network and data, convert with calibration images, and measure ANN and SNN accuracy.
 
@@ -304,7 +304,9 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
             ImageFolders: the classes in turn).
         percentile, shortcut, compensation, readout, per_channel, shortcut_norm,
             calib_timesteps, calib_subset, method, horizon, readout_delay: see
-            :func:`sresnet.convert`.
+            :func:`sresnet.convert`; ``horizon=None`` is min(64, largest T): the schedule
+            serves each T as if calibrated for it alone, so a shorter horizon changes no
+            reported number and calibrates faster.
         process_group: several processes (torchrun): the conversion's observation and the
             evaluation are sharded and merged exactly (see :func:`evaluate_snn`); every rank
             returns the same numbers. Default: the default group when one is initialized.
@@ -345,6 +347,8 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
             raise ValueError(f"the calibration data is the evaluated data ({data_info['source']}): calibrate on "
                              "training images, never on the test images (give another --calib-data)")
         calib, _ = take(calib_batches, calib_size)
+    if horizon is None:
+        horizon = min(DEFAULT_HORIZON, ts[-1])
     t0 = time.perf_counter()
     snn = convert(ann, calib, percentile, per_channel=per_channel, compensation=compensation, readout=readout,
                   shortcut_norm=shortcut_norm, calib_timesteps=calib_timesteps, calib_subset=calib_subset,
