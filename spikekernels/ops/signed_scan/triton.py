@@ -35,7 +35,8 @@ def _signed_scan_kernel(
         # [BLOCK] int32 spike -1/0/+1
         b_s = b_pos.to(tl.int32) - b_neg.to(tl.int32)
         b_m = b_m + b_s
-        tl.store(p_s, b_s.to(s_ptr.dtype.element_ty), mask=m_n)
+        # through float32: Triton's interpreter converts int32 to bfloat16 wrongly
+        tl.store(p_s, b_s.to(tl.float32).to(s_ptr.dtype.element_ty), mask=m_n)
         p_x += stride_xt
         p_s += N
     tl.store(v_ptr + o_n, b_v, mask=m_n)
