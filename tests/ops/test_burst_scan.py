@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import spikekernels as sk
 from spikekernels.testing import assert_close
@@ -62,7 +64,9 @@ def test_reference_follows_the_papers_floor_away_from_ties():
         assert torch.equal(v.double(), v64)
 
 
-def test_hand_checked(backend):
+@pytest.mark.parametrize("which", ["reference", "kernel"])
+def test_hand_checked(backend, which):
+    backend = "reference" if which == "reference" else backend
     # θ = 1, v0 = 0.5, k = 3
     x = torch.tensor([[0.4], [2.6], [0.0], [4.5], [-1.0], [1.0]]).view(6, 1, 1)
     s, v = _run(x, backend, threshold=1.0, max_spikes=3)
@@ -182,3 +186,51 @@ def test_inference_only():
         sk.burst_scan(x.detach(), threshold=torch.ones(4, requires_grad=True))
     with torch.no_grad():
         assert sk.burst_scan(x).shape == x.shape
+
+
+@st.composite
+def burst_cases(draw):
+    T = draw(st.integers(1, 9))
+    shape = tuple(draw(st.lists(st.integers(1, 7), min_size=1, max_size=4)))
+    if len(shape) >= 2 and draw(st.booleans()):
+        thr = torch.tensor(draw(st.lists(st.floats(0.05, 4.0), min_size=shape[1], max_size=shape[1])))
+    else:
+        thr = draw(st.floats(0.05, 4.0))
+    v0 = draw(st.one_of(st.none(), st.floats(-1.0, 2.0)))
+    k = draw(st.integers(1, 6))
+    density = draw(st.floats(0.0, 6.0))
+    return T, shape, thr, v0, k, density, draw(st.integers(0, 2**16)), draw(st.integers(0, T))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=burst_cases())
+def test_properties(backend, case):
+    T, shape, thr, v0, k, density, seed, split = case
+    x = torch.rand((T,) + shape, generator=torch.Generator().manual_seed(seed)) * density - 0.2
+    kw = dict(threshold=thr, v0=v0, max_spikes=k)
+    s_ref, v_ref = _run(x, "reference", **kw)
+    s, v = _run(x, backend, **kw)
+    assert torch.equal(s, s_ref)
+    assert torch.equal(v, v_ref)
+    # counts are integers in 0..k; the membrane stays below θ unless the burst was clamped at k
+    assert bool(((s >= 0) & (s <= k) & (s == s.round())).all())
+    theta = torch.as_tensor(thr).view(-1, *[1] * (len(shape) - 2)) if isinstance(thr, torch.Tensor) else thr
+    # (up to float32 rounding of j·θ and of the reset)
+    assert bool(((v < theta * (1 + 1e-5)) | (s[-1] == k)).all())
+    if 0 < split < T:
+        s1, v1 = _run(x[:split], backend, **kw)
+        s2, v2 = _run(x[split:], backend, **dict(kw, v0=v1))
+        assert torch.equal(torch.cat([s1, s2]), s)
+        assert torch.equal(v2, v)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton on CUDA tensors)")
+@pytest.mark.parametrize("T,shape", [(1, (2, 3, 7, 7)), (13, (3, 17, 11, 5)), (64, (8, 16, 32, 32))])
+def test_cuda_matches_reference(T, shape):
+    # compiled Triton (not the interpreter): the reset must not be fused into an FMA
+    x = _currents(T, shape, seed=6, high=3.0)
+    thr = torch.linspace(0.3, 1.1, shape[1])
+    s_ref, v_ref = _run(x, "reference", threshold=thr, max_spikes=4)
+    s, v = _run(x.cuda(), "triton", threshold=thr.cuda(), max_spikes=4, spike_dtype=torch.uint8)
+    assert torch.equal(s.cpu().float(), s_ref)
+    assert torch.equal(v.cpu(), v_ref)

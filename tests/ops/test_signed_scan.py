@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import spikekernels as sk
 from spikekernels.testing import assert_close
@@ -42,7 +44,9 @@ def test_matches_reference(backend, T, shape):
         assert set(s.unique().tolist()) == {-1, 0, 1}
 
 
-def test_hand_checked(backend):
+@pytest.mark.parametrize("which", ["reference", "kernel"])
+def test_hand_checked(backend, which):
+    backend = "reference" if which == "reference" else backend
     # θ = 1, v0 = 0.5, m0 = 0
     x = torch.tensor([-2.0, 0.7, -1.0, -0.2, 2.0, -2.5, 0.0, -1.0]).view(8, 1, 1)
     # membrane after integrating -> spike (membrane after reset, m):
@@ -52,14 +56,14 @@ def test_hand_checked(backend):
     s, (v, m) = _run(x, backend, threshold=1.0)
     assert s.flatten().tolist() == [0] * 8 and v.item() == -3.5 and m.item() == 0
     x = torch.tensor([2.5, 0.0, -1.0, -3.0, -1.0, 0.25]).view(6, 1, 1)
-    # 3.0 -> +1 (2.0, 1); 2.0 -> +1, a tie (1.0, 2); 0.0 -> 0 (0.0, 2); -3.0 -> -1 (-2.0, 1);
+    # 3.0 -> +1 (2.0, 1); 2.0 -> +1 (1.0, 2); 0.0 -> 0 (0.0, 2); -3.0 -> -1 (-2.0, 1);
     # -3.0 -> -1 (-2.0, 0); -1.75 -> 0, m = 0 (-1.75, 0)
     s, (v, m) = _run(x, backend, threshold=1.0)
     assert s.flatten().tolist() == [1, 1, 0, -1, -1, 0]
     assert v.item() == -1.75 and m.item() == 0
-    # the negative side fires on a tie too: v = -θ exactly
-    s = sk.signed_scan(torch.tensor([1.5, -2.5]).view(2, 1), threshold=1.0, backend=backend)
-    assert s.flatten().tolist() == [1, -1]
+    # the negative side fires on a tie too: 2.0 -> +1 (1.0, 1); -1.0 -> -1, a tie (0.0, 0)
+    s, (v, m) = _run(torch.tensor([1.5, -2.0]).view(2, 1), backend, threshold=1.0)
+    assert s.flatten().tolist() == [1, -1] and v.item() == 0.0 and m.item() == 0
 
 
 def test_net_count_never_negative_and_tracks_relu(backend):
@@ -178,3 +182,51 @@ def test_inference_only():
         sk.signed_scan(x.detach(), v0=(torch.zeros(2, 4, requires_grad=True), torch.zeros(2, 4, dtype=torch.int32)))
     with torch.inference_mode():
         assert sk.signed_scan(x).shape == x.shape
+
+
+@st.composite
+def signed_cases(draw):
+    T = draw(st.integers(1, 9))
+    shape = tuple(draw(st.lists(st.integers(1, 7), min_size=1, max_size=4)))
+    if len(shape) >= 2 and draw(st.booleans()):
+        thr = torch.tensor(draw(st.lists(st.floats(0.05, 4.0), min_size=shape[1], max_size=shape[1])))
+    else:
+        thr = draw(st.floats(0.05, 4.0))
+    v0 = draw(st.one_of(st.none(), st.floats(-2.0, 2.0)))
+    m0 = draw(st.one_of(st.none(), st.integers(0, 3)))
+    scale = draw(st.floats(0.0, 3.0))
+    return T, shape, thr, v0, m0, scale, draw(st.integers(0, 2**16)), draw(st.integers(0, T))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=signed_cases())
+def test_properties(backend, case):
+    T, shape, thr, v0, m0, scale, seed, split = case
+    x = torch.randn((T,) + shape, generator=torch.Generator().manual_seed(seed)) * scale
+    if m0 is not None:
+        v0 = (torch.full(shape, 0.0 if v0 is None else v0), torch.full(shape, m0, dtype=torch.int32))
+    kw = dict(threshold=thr, v0=v0)
+    s_ref, (v_ref, m_ref) = _run(x, "reference", **kw)
+    s, (v, m) = _run(x, backend, **kw)
+    assert torch.equal(s, s_ref)
+    assert torch.equal(v, v_ref) and torch.equal(m, m_ref)
+    # spikes are -1/0/+1 and the net count m = m0 + Σ s never goes below 0
+    assert bool(((s == -1) | (s == 0) | (s == 1)).all())
+    csum = s.to(torch.int32).cumsum(0) + (0 if m0 is None else m0)
+    assert bool((csum >= 0).all()) and torch.equal(csum[-1], m)
+    if 0 < split < T:
+        s1, st1 = _run(x[:split], backend, **kw)
+        s2, (v2, m2) = _run(x[split:], backend, **dict(kw, v0=st1))
+        assert torch.equal(torch.cat([s1, s2]), s)
+        assert torch.equal(v2, v) and torch.equal(m2, m)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton on CUDA tensors)")
+@pytest.mark.parametrize("T,shape", [(1, (2, 3, 7, 7)), (13, (3, 17, 11, 5)), (64, (8, 16, 32, 32))])
+def test_cuda_matches_reference(T, shape):
+    x = _currents(T, shape, seed=6)
+    thr = torch.linspace(0.3, 1.1, shape[1])
+    s_ref, (v_ref, m_ref) = _run(x, "reference", threshold=thr)
+    s, (v, m) = _run(x.cuda(), "triton", threshold=thr.cuda(), spike_dtype=torch.int8)
+    assert torch.equal(s.cpu().float(), s_ref)
+    assert torch.equal(v.cpu(), v_ref) and torch.equal(m.cpu(), m_ref)

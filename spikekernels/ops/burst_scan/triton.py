@@ -27,11 +27,17 @@ def _burst_scan_kernel(
     for _ in range(0, T):
         b_x = tl.load(p_x, mask=m_n, other=0.0).to(tl.float32)
         b_v = b_v + b_x
-        # [BLOCK] number of levels j·θ (j = 1..K) the membrane reaches; a tie fires
+        # [BLOCK] count of the levels j·θ (j = 1..K) the membrane reaches (a tie fires), and
+        # the highest level reached, which is θ·count rounded to float32 as in the reference;
+        # subtracting it (not b_thr * b_c) keeps the compiler from fusing an FMA into the reset
         b_c = tl.zeros([BLOCK], dtype=tl.float32)
+        b_lvl = tl.zeros([BLOCK], dtype=tl.float32)
         for j in range(1, K + 1):
-            b_c += (b_v >= b_thr * (j * 1.0)).to(tl.float32)
-        b_v = b_v - b_thr * b_c
+            b_l = b_thr * (j * 1.0)
+            b_hit = b_v >= b_l
+            b_c += b_hit.to(tl.float32)
+            b_lvl = tl.where(b_hit, b_l, b_lvl)
+        b_v = b_v - b_lvl
         tl.store(p_s, b_c.to(s_ptr.dtype.element_ty), mask=m_n)
         p_x += stride_xt
         p_s += N
