@@ -13,7 +13,9 @@ from . import surrogate
 from ._dispatch import available_backends
 from .layers import (GlobalAvgPool, IFNeuron, ResidualMerge, SpikeAvgPool2d, SpikeConv2d, SpikeLinear,
                      SpikeMaxPool2d)
+from .ops.burst_scan import burst_scan
 from .ops.if_scan import if_scan
+from .ops.signed_scan import signed_scan
 from .ops.spike_conv import spike_conv2d, spike_linear
 from .ops.pool import global_avg_pool, spike_avg_pool2d, spike_max_pool2d
 from .ops.residual_merge import residual_merge
@@ -24,6 +26,8 @@ __all__ = [
     "available_backends",
     "surrogate",
     "if_scan",
+    "burst_scan",
+    "signed_scan",
     "residual_merge",
     "spike_conv2d",
     "spike_linear",

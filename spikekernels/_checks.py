@@ -158,3 +158,19 @@ def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         else:
             out.fill_(0xFF if dtype == torch.uint8 else -1)
     return out
+
+
+def check_inference_only(op: str, **tensors) -> None:
+    """RuntimeError when an inference-only op gets a tensor that requires grad with grad mode on.
+
+    Such ops have no backward; silently detaching would hand the caller a graph that ends
+    without a gradient.
+    """
+    if not torch.is_grad_enabled():
+        return
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            raise RuntimeError(
+                f"{op} is inference only (no backward), but {name} requires grad with grad mode on; "
+                f"call it under torch.no_grad() / torch.inference_mode() or pass {name}.detach()"
+            )

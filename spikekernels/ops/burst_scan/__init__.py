@@ -1,0 +1,3 @@
+from .op import burst_scan
+
+__all__ = ["burst_scan"]

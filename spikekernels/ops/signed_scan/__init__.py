@@ -1,0 +1,3 @@
+from .op import signed_scan
+
+__all__ = ["signed_scan"]
