@@ -80,7 +80,9 @@ def evaluate_snn(ann: nn.Module, snn: SpikingNetwork, data, labels: torch.Tensor
     Returns:
         dict with ann_accuracy, snn_accuracy {str(T): fraction}, ann_top5, snn_top5 {str(T):
         fraction with the label among the 5 highest scores}, agreement {str(T): fraction of
-        images where SNN and ANN predict the same class}, world_size, firing_rate (mean over all neurons,
+        images where SNN and ANN predict the same class}, world_size, neuron (kind), max_spikes,
+        bits_per_neuron_step (1 for binary spikes; burst and signed neurons send more, so
+        their T is not comparable), firing_rate (spikes, a burst counting each of its spikes) (mean over all neurons,
         steps and images), firing_rate_per_layer, images_per_second {"ann", "snn"} (snn:
         simulating max T), num_images, num_classes (outputs of the network), neurons_per_image, and with ``cost`` the dict of
         :func:`sresnet.network_cost` for all the images at max T.
@@ -214,10 +216,22 @@ def evaluate_snn(ann: nn.Module, snn: SpikingNetwork, data, labels: torch.Tensor
         "world_size": shard.world,
         "num_classes": num_classes,
         "neurons_per_image": sum(neurons.values()),
+        **_neuron_info(snn),
     }
     if cost:
         result["cost"] = cost_from_maps(snn, maps, n, in_shape, T)
     return result
+
+
+def _neuron_info(snn: SpikingNetwork) -> dict:
+    """The neuron kind and the bits a neuron sends per step (1 for binary IF spikes)."""
+    layers = [l for l in snn.layers if l.kind != "maxpool"]
+    kinds = sorted({l.neuron.kind for l in layers})
+    total = sum(l.neurons for l in layers)
+    bits = sum(l.neurons * l.neuron.bits for l in layers) / max(1, total)
+    return {"neuron": kinds[0] if len(kinds) == 1 else kinds,
+            "max_spikes": max(l.neuron.max_spikes for l in layers) if layers else 1,
+            "bits_per_neuron_step": bits}
 
 
 def _shard_batches(data, labels, batches, total, limit, batch_size: int, shard):

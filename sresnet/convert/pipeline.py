@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from ..network import READOUTS, Readout
+from ..network import READOUTS, Neuron, Readout
 from ..simulate import SpikingNetwork
 from . import compensate as comp
 from . import lowlat
@@ -124,6 +124,8 @@ def convert(
     method: str = "lowlat",
     horizon: int = lowlat.DEFAULT_HORIZON,
     readout_delay: float | None = None,
+    neuron: str = "if",
+    max_spikes: int = 1,
     per_channel: bool = False,
     compensation: str | None | Mapping[str, float] | Sequence[float] = "auto",
     readout: str = "membrane",
@@ -166,6 +168,13 @@ def convert(
         readout_delay: fraction f in [0, 1) of the steps the readout skips (a run of T reads
             steps floor(f·T)+1..T; the skipped steps still count in T); None: the method's
             default (0.5 for "lowlat", 0 for "s-resnet").
+        neuron: "if" (binary spikes, default), or opt-in "burst" (up to ``max_spikes`` spikes
+            per step, Li & Zeng, IJCAI 2022) or "signed" (±1 spikes with memory, SNM, Wang et
+            al., IJCAI 2022) for every spiking layer. These send more than one bit per neuron
+            and step, so their T is not comparable with binary spikes (evaluation reports
+            ``bits_per_neuron_step``); they need ``method="s-resnet"`` (the bias schedule is
+            calibrated for binary IF neurons) and no gated max pool after the stem.
+        max_spikes: spikes per step of a burst neuron (>= 1).
         per_channel: one λ per channel instead of one per site.
         compensation: "auto": the method's calibration (for "s-resnet" the calibrated
             per-channel bias correction of :mod:`sresnet.convert.compensate`); None/"off":
@@ -212,6 +221,10 @@ def convert(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     delay = _check_method(method, horizon, compensation, readout_delay)
+    kind = Neuron(kind=neuron, max_spikes=max_spikes).kind  # validates both
+    if kind != "if" and method != "s-resnet":
+        raise ValueError(f"neuron={neuron!r} needs method='s-resnet' (the low-latency bias schedule is calibrated "
+                         "for binary IF neurons)")
     comp_method = comp.check_compensation(compensation)
     calib_images = calib_images.detach().float().cpu()
     shard = shard_from(process_group)
@@ -236,6 +249,13 @@ def convert(
                     folded_batchnorms=folded, analog_stem_pools=pooled, size_specific=list(program.size_specific))
         if method == "lowlat":
             info["horizon"] = horizon
+        if kind != "if":
+            if any(l.kind == "maxpool" for l in layers):
+                raise ValueError(f"neuron={neuron!r}: the network has a gated spiking max pool, which is defined for "
+                                 "binary spikes only; use neuron='if'")
+            for layer in layers:
+                layer.neuron = Neuron(kind=kind, max_spikes=max_spikes)
+            info.update(neuron=kind, max_spikes=max_spikes)
         snn = SpikingNetwork(layers, output, scales["output"], program.input_shape,
                              readout=Readout(readout, delay_fraction=delay), info=info)
         snn.scales = {k: v.clone() for k, v in scales.items()}
