@@ -178,6 +178,41 @@ def accuracy_at(outputs: torch.Tensor, labels: torch.Tensor, timesteps: int, sta
     return (outputs[start:timesteps].sum(0).argmax(1) == labels).float().mean().item()
 
 
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from runs on consecutive slices of the test images (``--offset``), same settings.
+
+    Accuracies are recombined from the correct-image counts (accuracy times images, rounded).
+
+    Raises:
+        ValueError: the runs differ in a setting or delay start, or their slices leave a gap
+            or overlap.
+    """
+    same = ("arch", "checkpoint", "calib_size", "calib_batch_size", "ltb_batch_size", "ltb_passes", "timesteps",
+            "delay_start", "delay_start_unclamped")
+    reports = sorted(reports, key=lambda r: r.get("offset", 0))
+    for r in reports[1:]:
+        differ = [k for k in same if r.get(k) != reports[0].get(k)]
+        if differ:
+            raise ValueError(f"--merge: the runs differ in {', '.join(differ)}; accepted: runs with the same settings")
+    for a, b in zip(reports, reports[1:]):
+        if a.get("offset", 0) + a["num_images"] != b.get("offset", 0):
+            raise ValueError(f"--merge: images {a.get('offset', 0)}..{a.get('offset', 0) + a['num_images'] - 1} "
+                             f"are not followed by offset {b.get('offset', 0)}; accepted: consecutive slices")
+    total = sum(r["num_images"] for r in reports)
+
+    def pooled(values: list[float]) -> float:
+        return sum(round(v * r["num_images"]) for v, r in zip(values, reports)) / total
+
+    merged = dict(reports[0], num_images=total, offset=reports[0].get("offset", 0),
+                  ann_accuracy=pooled([r["ann_accuracy"] for r in reports]),
+                  merged_from=[r["command"] for r in reports])
+    merged["snn_accuracy"] = {row: {t: pooled([r["snn_accuracy"][row][t] for r in reports]) for t in accs}
+                              for row, accs in reports[0]["snn_accuracy"].items()}
+    for key in ("convert_seconds", "simulate_seconds"):
+        merged[key] = {name: round(sum(r[key][name] for r in reports), 2) for name in reports[0][key]}
+    return merged
+
+
 def _versions() -> dict[str, str]:
     def version(dist: str) -> str:
         try:
@@ -186,7 +221,7 @@ def _versions() -> dict[str, str]:
             return "absent"
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
                                 capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
@@ -239,24 +274,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration images per local threshold-balancing update (default 10)")
     p.add_argument("--ltb-passes", type=_positive, default=10,
                    help="passes of the local threshold balancing over the calibration images (default 10)")
-    p.add_argument("--limit", type=_positive, default=500, help="first N test images (default 500)")
+    p.add_argument("--limit", type=_positive, default=500, help="number of test images (default 500)")
+    p.add_argument("--offset", type=int, default=0, help="index of the first test image (default 0)")
     p.add_argument("--timesteps", type=_timesteps, default=[8, 16, 32, 64], help="default 8,16,32,64")
     p.add_argument("--recipes", type=_names(RECIPES), default=list(RECIPES), help="default robust,ltb")
     p.add_argument("--batch-size", type=_positive, default=100, help="test images per simulated batch")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="instead of running: pool the JSONs of runs on consecutive --offset slices into --json")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = "python bench/sj_convert.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.merge:
+        merged = merge_reports([json.loads(path.read_text()) for path in args.merge])
+        merged["command"] = command
+        print(json.dumps(merged["snn_accuracy"], indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(merged, indent=2) + "\n")
+        return 0
+    if args.offset < 0:
+        raise SystemExit(f"error: --offset {args.offset}: expected an image index >= 0")
     ann2snn, functional = import_spikingjelly()
     if args.checkpoint is None and args.arch not in CHECKPOINTS:
         raise SystemExit(f"error: --arch {args.arch} has no shared checkpoint; pass --checkpoint PATH")
     checkpoint = args.checkpoint or SHARED / "models" / CHECKPOINTS[args.arch]
     device = args.device
     calib_images, _ = sresnet.load_cifar(args.data_dir, "calib", limit=args.calib_size)
-    images, labels = sresnet.load_cifar(args.data_dir, "test", limit=args.limit)
+    images, labels = sresnet.load_cifar(args.data_dir, "test", limit=args.offset + args.limit)
+    images, labels = images[args.offset:], labels[args.offset:]
     calib = [calib_images[i:i + args.calib_batch_size].to(device)
              for i in range(0, calib_images.shape[0], args.calib_batch_size)]
     ltb_calib = [calib_images[i:i + args.ltb_batch_size].to(device)
@@ -274,13 +323,13 @@ def main(argv: list[str] | None = None) -> int:
 
     T = max(args.timesteps)
     report: dict = {
-        "arch": args.arch, "checkpoint": str(checkpoint), "num_images": len(labels),
+        "arch": args.arch, "checkpoint": str(checkpoint), "num_images": len(labels), "offset": args.offset,
         "calib_size": calib_images.shape[0], "calib_batch_size": args.calib_batch_size,
         "ltb_batch_size": args.ltb_batch_size, "ltb_passes": args.ltb_passes,
         "batch_size": args.batch_size, "timesteps": args.timesteps, "ann_accuracy": ann_accuracy,
         "snn_accuracy": {}, "delay_start": {}, "delay_start_unclamped": {}, "convert_seconds": {},
         "simulate_seconds": {}, "device": device, "versions": _versions(),
-        "command": "python bench/sj_convert.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": command,
     }
     for name in args.recipes:
         started = time.perf_counter()
