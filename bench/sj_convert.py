@@ -8,7 +8,9 @@ images as ``sresnet eval``, and reports top-1 accuracy after T time steps:
   the threshold (the settings of SpikingJelly's ``examples/imagenet_resnet18_ltb.py``).
 - ``ltb``: ``LocalThresholdBalancingRecipe()``: per-channel thresholds from the local
   threshold-balancing rule of Bu, Li, Yu, "Inference-Scale Complexity in ANN-SNN Conversion
-  for High-Performance and Low-Power Applications", CVPR 2025 (arXiv:2409.03368).
+  for High-Performance and Low-Power Applications", CVPR 2025 (arXiv:2409.03368). It moves
+  each threshold once per batch, so it gets its own batches: ``--ltb-batch-size`` images,
+  ``--ltb-passes`` passes over the calibration images (default 10 x 10: 1,000 updates).
 
 Each recipe is read out two ways: ``plain`` sums the network's output over all T steps;
 ``delay`` sums it from step ``estimate_delay_start(snn, calib, device, T)`` on (SpikingJelly's
@@ -22,8 +24,9 @@ shortcut as a fixed 1x1 conv; the script checks that it gives the ANN's logits e
 
 One simulation to the largest T gives every T' (the network is causal; the conversion does
 not depend on T, and the delay is estimated for each T' on the first calibration batch).
-SpikingJelly is a bench-only dependency (``pip install --no-deps spikingjelly``); the script
-exits with a message naming what to install when it cannot import it. Example::
+``--offset`` / ``--merge`` split a long run into slices of the test images and pool their
+JSONs. SpikingJelly is a bench-only dependency (``pip install --no-deps spikingjelly requests``);
+the script exits with a message naming what to install when it cannot import it. Example::
 
     python bench/sj_convert.py --arch resnet20 --timesteps 8,16,32,64 --limit 500 \\
         --json docs/results/sj_resnet20_500.json
@@ -290,7 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = "python bench/sj_convert.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.merge:
-        merged = merge_reports([json.loads(path.read_text()) for path in args.merge])
+        try:
+            merged = merge_reports([json.loads(path.read_text()) for path in args.merge])
+        except (OSError, ValueError, KeyError) as exc:
+            raise SystemExit(f"error: {exc}") from None
         merged["command"] = command
         print(json.dumps(merged["snn_accuracy"], indent=1))
         if args.json:
