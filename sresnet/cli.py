@@ -123,7 +123,7 @@ def _conversion_options(p: argparse.ArgumentParser) -> None:
                         "(best at T = 8..64); s-resnet: the paper's conversion with a constant bias correction")
     p.add_argument("--horizon", type=_positive, default=None,
                    help=f"lowlat: longest T the bias schedule is calibrated for (later steps reuse a steady bias); "
-                        f"default: eval min({DEFAULT_HORIZON}, largest --timesteps), convert {DEFAULT_HORIZON}")
+                        f"default: eval the largest --timesteps, convert {DEFAULT_HORIZON}")
     p.add_argument("--readout-delay", type=_fraction, default=None,
                    help="fraction of T skipped by the readout before it accumulates (default: 0.5 for lowlat, "
                         "0 for s-resnet)")
@@ -152,7 +152,7 @@ def _fraction(text: str) -> float:
 def _conversion_kwargs(args) -> dict:
     horizon = args.horizon if args.horizon is not None else DEFAULT_HORIZON
     if args.horizon is None and getattr(args, "timesteps", None):
-        horizon = min(DEFAULT_HORIZON, max(args.timesteps))
+        horizon = max(args.timesteps)
     return dict(method=args.method, horizon=horizon, readout_delay=args.readout_delay,
                 percentile=args.percentile, per_channel=args.per_channel,
                 compensation=None if args.compensation == "off" else args.compensation, readout=args.readout,
