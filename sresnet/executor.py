@@ -135,14 +135,7 @@ class Executor:
         x = outs[term.source]
         for op in term.pre:
             x = apply_op(op, x, self.backend)
-        if term.kind in ("conv", "linear") and term.source >= 0 and not self.binary[term.source] and not exact:
-            # burst counts / signed spikes: the event-driven kernels read 0/1 only; a dense float32 op
-            T, B = x.shape[:2]
-            x = x.reshape(T * B, *x.shape[2:]).float()
-            x = F.conv2d(x, term.weight, term.bias, term.stride, term.padding) if term.kind == "conv" \
-                else F.linear(x, term.weight, term.bias)
-            x = x.reshape(T, B, *x.shape[1:])
-        elif exact and term.kind in ("conv", "linear"):
+        if exact and term.kind in ("conv", "linear"):
             # the readout: computed in float64 and rounded once, so its float32 value does not
             # depend on how many steps are batched together (a float32 matmul's rounding can
             # depend on its row count); chunked and unchunked runs then agree bit for bit
@@ -208,20 +201,16 @@ class Executor:
         v0 = state if state is not None else nrn.v0
         kw = dict(return_state=True, spike_dtype=self.spike_dtype, backend=be, **self.grad_kw)
         rows = nrn.bias_rows(t0, steps)
-        if nrn.kind != "if":
-            return self._multibit(layer, outs, steps, v0, stem_current, rows)
-        if layer.kind == "stem":
-            cur = stem_current.expand(steps, *stem_current.shape[1:])
-            if rows is not None:
-                cur = cur + rows.view(steps, 1, -1, *([1] * (cur.dim() - 3)))
-            return sk.if_scan(cur, nrn.threshold, v0, nrn.reset, **kw)
+        if nrn.kind == "burst":
+            cur = self.layer_current(layer, outs, steps, stem_current, rows)
+            return sk.burst_scan(cur, nrn.threshold, v0, nrn.max_spikes, return_state=True,
+                                 spike_dtype=torch.float32, backend=be)
+        if nrn.kind == "signed":
+            cur = self.layer_current(layer, outs, steps, stem_current, rows)
+            return sk.signed_scan(cur, nrn.threshold, v0, return_state=True, spike_dtype=torch.float32, backend=be)
         main = layer.main
-        if main is None:
-            cur = self.currents(layer.others, outs)
-            if layer.bias is not None:
-                cur = cur + channel_view(layer.bias, cur)
-            if rows is not None:
-                cur = cur + rows.view(steps, 1, -1, *([1] * (cur.dim() - 3)))
+        if layer.kind == "stem" or main is None:
+            cur = self.layer_current(layer, outs, steps, stem_current, rows)
             return sk.if_scan(cur, nrn.threshold, v0, nrn.reset, **kw)
         x = outs[main.source]
         for op in main.pre:
@@ -250,9 +239,10 @@ class Executor:
             return sk.spike_conv2d(x, main.weight, main.bias, main.stride, main.padding, **kw)
         return sk.spike_linear(x, main.weight, main.bias, **kw)
 
-    def _multibit(self, layer: Layer, outs: list, steps: int, state, stem_current, rows):
-        """A burst or signed neuron layer: its whole input current, then the neuron's scan."""
-        nrn = layer.neuron
+    def layer_current(self, layer: Layer, outs: list, steps: int, stem_current=None, rows=None) -> torch.Tensor:
+        """The whole input current of a neuron layer ``[steps, B, C, ...]``: the stem's analog
+        current (``stem_current`` ``[1, B, ...]``, broadcast without a copy) or the sum of its
+        terms and constant bias, plus the bias schedule's ``rows`` ``[steps, C]`` when given."""
         if layer.kind == "stem":
             cur = stem_current.expand(steps, *stem_current.shape[1:])
         else:
@@ -261,11 +251,7 @@ class Executor:
                 cur = cur + channel_view(layer.bias, cur)
         if rows is not None:
             cur = cur + rows.view(steps, 1, -1, *([1] * (cur.dim() - 3)))
-        if nrn.kind == "burst":
-            return sk.burst_scan(cur, nrn.threshold, state, nrn.max_spikes, return_state=True,
-                                 spike_dtype=torch.float32, backend=self.backend)
-        return sk.signed_scan(cur, nrn.threshold, state, return_state=True, spike_dtype=torch.float32,
-                              backend=self.backend)
+        return cur
 
     def simulate(self, images: torch.Tensor, T: int, per_step: bool = False, chunk: int | None = None,
                  record_maps: bool = False, observer=None):

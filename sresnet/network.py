@@ -130,7 +130,7 @@ class Neuron:
 
     @property
     def binary(self) -> bool:
-        """Whether the spikes are 0/1 (the event-driven kernels' input)."""
+        """Whether the spikes are 0/1: counted as nonzero entries; otherwise as the sum of their magnitudes."""
         return self.kind == "if" or (self.kind == "burst" and self.max_spikes == 1)
 
     @property

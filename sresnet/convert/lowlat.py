@@ -67,16 +67,6 @@ def step_bias(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.minimum(torch.zeros_like(lo), hi), lo)
 
 
-def _current(ex: Executor, layer, outs: list, steps: int, stem) -> torch.Tensor:
-    """Input current of a neuron layer without its schedule ``[steps, B, C, ...]``."""
-    if layer.kind == "stem":
-        return stem.expand(steps, *stem.shape[1:])
-    cur = ex.currents(layer.terms(), outs)
-    if layer.bias is not None:
-        cur = cur + layer.bias.view(-1, *([1] * (cur.dim() - 3)))
-    return cur
-
-
 def _layer_inputs(snn, i: int, outs: list, H: int, chunk: int, stem) -> torch.Tensor:
     """Input current of layer i over all H steps ``[H, B, C, ...]`` (chunked like a run)."""
     ex = Executor(snn.network)
@@ -84,7 +74,7 @@ def _layer_inputs(snn, i: int, outs: list, H: int, chunk: int, stem) -> torch.Te
     for t0 in range(0, H, chunk):
         steps = min(chunk, H - t0)
         view = [o[t0 : t0 + steps] if o is not None else None for o in outs]
-        c = _current(ex, snn.layers[i], view, steps, stem)
+        c = ex.layer_current(snn.layers[i], view, steps, stem)
         if x is None:
             x = torch.empty((H,) + tuple(c.shape[1:]), dtype=torch.float32)
         x[t0 : t0 + steps] = c
