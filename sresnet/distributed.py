@@ -55,6 +55,28 @@ class Shard:
         return _add(parts)
 
 
+    def reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Elementwise ``op`` ("sum", "min" or "max") of an integer tensor over the ranks (exact,
+        one all-reduce; a copy, ``tensor`` is not changed). Integer sums are exact in any order,
+        so this is what per-step counts use; floats go through :meth:`gather` in a fixed order."""
+        if not self.active:
+            return tensor
+        if tensor.is_floating_point() and op == "sum":
+            raise TypeError("Shard.reduce sums integers only (a float sum would depend on the order of the ranks)")
+        # nccl reduces CUDA tensors only: a CPU tensor (the calibration runs on the CPU) travels
+        # through this rank's GPU and back
+        nccl = tensor.device.type == "cpu" and dist.get_backend(self.group) == "nccl"
+        out = tensor.cuda() if nccl else tensor.clone()
+        dist.all_reduce(out, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op],
+                        group=self.group)
+        return out.cpu() if nccl else out
+
+    def block(self, n: int) -> slice:
+        """This rank's contiguous block of ``n`` items as a slice (see :func:`shard_range`)."""
+        r = shard_range(n, self)
+        return slice(r.start, r.stop)
+
+
 def _add(parts: list):
     total = parts[0]
     for p in parts[1:]:

@@ -51,19 +51,33 @@ def check_compensation(compensation) -> str:
 
 
 class _MeanClip:
+    """Mean of clip(x/λ, 0, 1) per channel; one float32 sum per batch, added in batch order
+    (so that shares of the batches observed by several ranks merge to the same float sums)."""
+
     def __init__(self, lam: torch.Tensor):
-        self.lam, self.total, self.count = lam, None, 0
+        self.lam, self.parts, self.counts = lam, {}, {}
+        self.batch = 0
 
     def update(self, x: torch.Tensor) -> None:
         lam = self.lam.view(1, -1, *([1] * (x.dim() - 2))) if self.lam.dim() else self.lam
         y = (x.float() / lam).clamp_(0, 1)
         dims = [0] + list(range(2, x.dim()))
-        s = y.sum(dim=dims)
-        self.total = s if self.total is None else self.total + s
-        self.count += y.numel() // y.shape[1]
+        self.parts[self.batch] = y.sum(dim=dims)
+        self.counts[self.batch] = y.numel() // y.shape[1]
+
+    def merge(self, shard) -> None:
+        """Join the per-batch sums of every rank of ``shard`` (:meth:`mean` adds them in batch order)."""
+        if not shard.active:
+            return
+        for parts, counts in shard.gather((self.parts, self.counts)):
+            self.parts.update(parts)
+            self.counts.update(counts)
 
     def mean(self) -> torch.Tensor:
-        return self.total / self.count
+        total = None
+        for b in sorted(self.parts):
+            total = self.parts[b] if total is None else total + self.parts[b]
+        return total / sum(self.counts.values())
 
 
 class _Recorder(fx.Interpreter):
@@ -78,17 +92,33 @@ class _Recorder(fx.Interpreter):
         return result
 
 
-def ann_targets(program, scales: dict, images: torch.Tensor, batch_size: int) -> dict:
-    """Per neuron layer: mean over images and positions of clip(a/λ, 0, 1), per channel ``[C]``."""
+def ann_targets(program, scales: dict, images: torch.Tensor, batch_size: int, shard=None) -> dict:
+    """Per neuron layer: mean over images and positions of clip(a/λ, 0, 1), per channel ``[C]``.
+
+    ``shard`` (a :class:`sresnet.distributed.Shard`): this rank runs batches b with
+    b mod world = rank; the per-batch sums are gathered and added in batch order, so every
+    rank gets the float32 means one process computes.
+    """
     stats = {l.name: _MeanClip(scales[l.name]) for l in program.layers if l.kind == "neuron"}
     rec = _Recorder(program.graph_module, stats)
-    for i in range(0, images.shape[0], batch_size):
+    for b, i in enumerate(range(0, images.shape[0], batch_size)):
+        if shard is not None and not shard.owns(b):
+            continue
+        for st in stats.values():
+            st.batch = b
         rec.run(images[i : i + batch_size])
+    if shard is not None:
+        for st in stats.values():
+            st.merge(shard)
     return {k: s.mean() for k, s in stats.items()}
 
 
-def _run_layer(snn, i: int, outs_full: list, T: int, chunk: int, images: torch.Tensor):
-    """Layer i over all T (in chunks) on stored inputs: spikes [T, B, ...] and mean rate per channel."""
+def _run_layer(snn, i: int, outs_full: list, T: int, chunk: int, images: torch.Tensor, shard=None, n_images=None):
+    """Layer i over all T (in chunks) on stored inputs: spikes [T, B, ...] and mean rate per channel.
+
+    With ``shard``, ``images`` are this rank's share of ``n_images``: the spike counts are
+    summed over the ranks (integers, exact) before the rate is taken.
+    """
     layer = snn.layers[i]
     # the stem's current depends on its (possibly just corrected) bias: recompute it
     stems = snn.stem_currents(images) if layer.kind == "stem" else {}
@@ -106,9 +136,17 @@ def _run_layer(snn, i: int, outs_full: list, T: int, chunk: int, images: torch.T
         # the spikes sent (a count per step for burst neurons, ±1 for signed ones; 0/1 for IF)
         c = s.sum(dim=dims, dtype=torch.int64) if layer.kind != "maxpool" else None
         counts = c if counts is None else (counts + c if c is not None else None)
-    per = T * out.shape[1] * (out[0, 0, 0].numel() if out.dim() > 3 else 1)
+    if counts is not None and shard is not None:
+        counts = shard.reduce(counts)
+    per = T * (n_images or out.shape[1]) * (out[0, 0, 0].numel() if out.dim() > 3 else 1)
     rate = counts.double().div(per).float() if counts is not None else None
     return out, rate
+
+
+def _check_share(n: int, shard, what: str) -> None:
+    if n < shard.world:
+        raise ValueError(f"{shard.world} processes share {n} calibration images ({what}): every process needs at "
+                         f"least one; pass more calibration images or run at most {n} processes")
 
 
 def apply_factors(snn, factors) -> None:
@@ -133,17 +171,31 @@ def apply_factors(snn, factors) -> None:
 
 
 def compensate(snn, program, scales, images, method: str, raw, *, timesteps: int, subset: int, batch_size: int,
-               progress: bool = False) -> dict:
-    """Apply the compensation ``method`` to ``snn`` in place; returns what was applied per layer."""
+               progress: bool = False, shard=None) -> dict:
+    """Apply the compensation ``method`` to ``snn`` in place; returns what was applied per layer.
+
+    ``shard`` (a :class:`sresnet.distributed.Shard`): each rank simulates a contiguous share
+    of the ``subset`` images and the spike counts are summed exactly, so every rank applies
+    what one process would (given kernels whose per-image results do not depend on the other
+    images of the batch, as spikekernels' are).
+
+    Raises:
+        ValueError: fewer calibration images than ranks.
+    """
     if method == "off":
         return {}
     if method == "user":
         apply_factors(snn, raw)
         return {}
     images = images[:subset]
-    targets = ann_targets(program, scales, images, batch_size)
+    n = images.shape[0]
+    targets = ann_targets(program, scales, images, batch_size, shard)
+    if shard is not None and shard.active:
+        _check_share(n, shard, "calib_subset")
+        images = images[shard.block(n)]
     T = timesteps
-    chunk = min(T, snn.default_chunk(images.shape[0], tuple(images.shape[2:])))
+    # the chunk one process would use for all n images: the same steps go together on every rank
+    chunk = min(T, snn.default_chunk(n, tuple(images.shape[2:])))
     outs_full: list = [None] * len(snn.layers)
     applied = {}
     bar = tqdm(snn.layers, desc=f"compensation ({method}, T={T})", unit="layer", disable=not progress, leave=False)
@@ -151,19 +203,19 @@ def compensate(snn, program, scales, images, method: str, raw, *, timesteps: int
         if layer.kind != "maxpool":
             target = targets[layer.name]
             if "scale" in method:
-                _, rate = _run_layer(snn, i, outs_full, T, chunk, images)
+                _, rate = _run_layer(snn, i, outs_full, T, chunk, images, shard, n)
                 c = float((target.mean() / rate.mean().clamp_min(1e-6)).clamp(0.5, 2.0))
                 layer.multiply(c)
                 applied.setdefault(layer.name, {})["scale"] = c
             if "bias" in method:
                 total = torch.zeros_like(target)
                 for _ in range(BIAS_PASSES):
-                    _, rate = _run_layer(snn, i, outs_full, T, chunk, images)
+                    _, rate = _run_layer(snn, i, outs_full, T, chunk, images, shard, n)
                     delta = target - rate
                     layer.add_bias(delta)
                     total += delta
                 applied.setdefault(layer.name, {})["bias"] = total
-        outs_full[i], _ = _run_layer(snn, i, outs_full, T, chunk, images)
+        outs_full[i], _ = _run_layer(snn, i, outs_full, T, chunk, images, shard, n)
         for j in snn._free[i]:
             outs_full[j] = None
     snn.compensation = applied

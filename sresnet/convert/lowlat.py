@@ -32,19 +32,77 @@ import torch
 from tqdm import tqdm
 
 from ..executor import Executor
-from .compensate import ann_targets
+from .compensate import _check_share, ann_targets
 
 DEFAULT_HORIZON = 64
 # measured best fraction of T skipped by the readout with the schedule (docs/accuracy.md)
 DEFAULT_READOUT_DELAY = 0.5
 
 
-def step_bias(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+def _keys(u: torch.Tensor) -> torch.Tensor:
+    """int64 keys in the order of the float32 values ``u`` (IEEE bits, negatives mirrored)."""
+    i = u.contiguous().view(torch.int32).long()
+    return torch.where(i < 0, -(i & 0x7FFFFFFF) - 1, i)
+
+
+def _values(key: torch.Tensor) -> torch.Tensor:
+    """The float32 values of :func:`_keys`."""
+    i = torch.where(key < 0, (-key - 1) - 2 ** 31, key)
+    return i.to(torch.int32).view(torch.float32)
+
+
+def kth_largest(u: torch.Tensor, k: torch.Tensor, shard) -> torch.Tensor:
+    """The k-th largest value per row of the union of every rank's ``u``, exactly.
+
+    Args:
+        u: this rank's values ``[R, m]`` float32 (m >= 1; no NaN).
+        k: ``[R]`` int64 in [1, M], M the total row length over the ranks.
+        shard: a :class:`sresnet.distributed.Shard`.
+
+    Returns:
+        ``[R]`` float32, a value of the union: the one a sort of the whole rows would put at
+        position k. Found by bisection on the values' ordered bit patterns with integer
+        all-reduces of the counts ``#(u >= x)`` (about 33 rounds), so no values travel.
+    """
+    srt = _keys(u).sort(dim=1).values
+    m = srt.shape[1]
+    lo = shard.reduce(srt[:, 0].contiguous(), "min")  # #(u >= lo) = M >= k
+    hi = shard.reduce(srt[:, -1].contiguous(), "max")
+    # invariant: the answer (the largest x with #(u >= x) >= k) lies in [lo, hi]; every rank
+    # holds the same lo, hi, so all run the same number of rounds
+    while bool((lo < hi).any()):
+        mid = lo + (hi - lo + 1) // 2
+        below = torch.searchsorted(srt, mid.view(-1, 1)).squeeze(1)
+        ok = shard.reduce(m - below) >= k
+        lo = torch.where(ok, mid, lo)
+        hi = torch.where(ok, hi, mid - 1)
+    return _values(lo)
+
+
+def _order_stats(u: torch.Tensor, k: torch.Tensor, shard) -> tuple:
+    """The k-th and (k+1)-th largest u per channel (+inf for k = 0, -inf past M)."""
+    C = u.shape[0]
+    if shard is None or not shard.active:
+        srt = torch.sort(u, dim=1, descending=True).values
+        inf = torch.full((C, 1), float("inf"), dtype=u.dtype, device=u.device)
+        padded = torch.cat([inf, srt, -inf], 1)
+        return padded.gather(1, k.view(-1, 1)).squeeze(1), padded.gather(1, (k + 1).view(-1, 1)).squeeze(1)
+    M = shard.reduce(torch.tensor(u.shape[1], dtype=torch.int64))
+    both = torch.cat([k, k + 1])
+    vals = kth_largest(torch.cat([u, u]), both.clamp(1, int(M)), shard)
+    vals = torch.where(both < 1, float("inf"), torch.where(both > M, -float("inf"), vals))
+    return vals[:C], vals[C:]
+
+
+def step_bias(u: torch.Tensor, k: torch.Tensor, shard=None) -> torch.Tensor:
     """The smallest-magnitude bias per channel with which exactly ``k`` values reach 1.
 
     Args:
         u: membranes before the bias ``[C, M]`` float32 (M neurons per channel).
         k: spikes wanted per channel ``[C]`` int64 in [0, M].
+        shard: a :class:`sresnet.distributed.Shard` whose ranks each hold a share of the M
+            neurons (``k`` counts over all of them); every rank gets the same ``b``, the one
+            one process computes from the whole ``u``.
 
     Returns:
         ``b`` ``[C]`` float32: ``u + b >= 1`` holds for the k largest u of each channel and for
@@ -52,12 +110,7 @@ def step_bias(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         The admissible interval is ``[1 - u_(k), 1 - u_(k+1))`` (u sorted in decreasing order,
         u_(0) = +inf, u_(M+1) = -inf); ``b`` is its point nearest 0.
     """
-    C = u.shape[0]
-    srt = torch.sort(u, dim=1, descending=True).values
-    inf = torch.full((C, 1), float("inf"), dtype=u.dtype, device=u.device)
-    padded = torch.cat([inf, srt, -inf], 1)
-    kth = padded.gather(1, k.view(-1, 1)).squeeze(1)
-    nxt = padded.gather(1, (k + 1).view(-1, 1)).squeeze(1)
+    kth, nxt = _order_stats(u, k, shard)
     lo, hi = 1.0 - kth, 1.0 - nxt
     # 1 - u is rounded: step to the neighbouring floats until u_(k) + lo reaches the threshold
     # and u_(k+1) + hi stays under it in float32
@@ -94,38 +147,44 @@ def _run(snn, i: int, outs: list, H: int, chunk: int, stem) -> torch.Tensor:
     return out
 
 
-def schedule_for(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def schedule_for(x: torch.Tensor, target: torch.Tensor, shard=None) -> torch.Tensor:
     """The cumulative-count bias schedule of one layer (step 2 of the module docstring).
 
     Args:
         x: input current ``[H, B, C, ...]`` float32 of the layer without schedule.
         target: target rate per channel ``[C]`` (mean clip(a/λ, 0, 1) of the ANN).
+        shard: a :class:`sresnet.distributed.Shard` whose ranks each pass the current of a
+            share of the images: counts are summed over the ranks and the order statistics
+            taken over the union (:func:`kth_largest`), so every rank gets the schedule one
+            process computes from all images.
 
     Returns:
         ``[H, C]`` float32; row t-1 is the bias of step t.
     """
     H, B, C = x.shape[:3]
     xs = x.reshape(H, B, C, -1).permute(0, 2, 1, 3).reshape(H, C, -1)  # [H, C, M]
-    M = xs.shape[2]
-    v = torch.full((C, M), 0.5)
+    m = xs.shape[2]
+    M = int(shard.reduce(torch.tensor(m, dtype=torch.int64))) if shard is not None else m
+    v = torch.full((C, m), 0.5)
     emitted = torch.zeros(C, dtype=torch.float64)
     wanted = target.double().clamp(0, 1) * M
     b = torch.empty(H, C)
     for t in range(H):
         k = ((t + 1) * wanted - emitted).round().clamp(0, M).long()
-        bt = step_bias(v + xs[t], k)
+        bt = step_bias(v + xs[t], k, shard)
         b[t] = bt
         # as a run adds them: the bias joins the current before the membrane (the count kept
         # here can still differ from the run's by near-threshold rounding)
         v = v + (xs[t] + bt[:, None])
         s = v >= 1.0
         v = v - s.float()
-        emitted += s.sum(1).double()
+        n_spk = s.sum(1)
+        emitted += (shard.reduce(n_spk) if shard is not None else n_spk).double()
     return b
 
 
 def calibrate_schedule(snn, program, scales: dict, images: torch.Tensor, horizon: int, *, batch_size: int = 128,
-                       progress: bool = False) -> dict:
+                       progress: bool = False, shard=None) -> dict:
     """Give every neuron layer of ``snn`` a bias schedule ``[horizon + 1, C]`` (in place).
 
     Args:
@@ -136,6 +195,10 @@ def calibrate_schedule(snn, program, scales: dict, images: torch.Tensor, horizon
         horizon: H, the longest run the schedule is calibrated for (>= 1).
         batch_size: images per ANN forward for the targets.
         progress: a tqdm bar over the layers.
+        shard: a :class:`sresnet.distributed.Shard`: each rank simulates a contiguous share of
+            the images; the targets, counts and order statistics are merged exactly, so the
+            schedule is bit-identical to one process's (given kernels whose per-image results
+            do not depend on the other images of the batch, as spikekernels' are).
 
     Returns:
         ``{layer name: schedule [H + 1, C]}``, also stored as each layer's
@@ -143,10 +206,15 @@ def calibrate_schedule(snn, program, scales: dict, images: torch.Tensor, horizon
 
     Raises:
         ValueError: a layer's neuron is not the plain IF neuron (θ = 1, v0 = θ/2, subtract
-            reset) the count matching assumes.
+            reset) the count matching assumes; fewer images than ranks.
     """
-    targets = ann_targets(program, scales, images, batch_size)
-    chunk = min(horizon, snn.default_chunk(images.shape[0], tuple(images.shape[2:])))
+    n = images.shape[0]
+    targets = ann_targets(program, scales, images, batch_size, shard)
+    if shard is not None and shard.active:
+        _check_share(n, shard, "calib_subset")
+        images = images[shard.block(n)]
+    # the chunk one process would use for all n images: the same steps go together on every rank
+    chunk = min(horizon, snn.default_chunk(n, tuple(images.shape[2:])))
     stems = snn.stem_currents(images)
     outs: list = [None] * len(snn.layers)
     applied = {}
@@ -159,7 +227,7 @@ def calibrate_schedule(snn, program, scales: dict, images: torch.Tensor, horizon
                 raise ValueError(f"layer {layer.name!r}: the bias schedule is calibrated for the plain IF neuron "
                                  "(threshold 1, v0 = θ/2, subtract reset); this one differs")
             x = _layer_inputs(snn, i, outs, horizon, chunk, stems.get(i))
-            b = schedule_for(x, targets[layer.name])
+            b = schedule_for(x, targets[layer.name], shard)
             steady = b[horizon - max(1, horizon // 4) :].mean(0, keepdim=True)
             nrn.bias_schedule = torch.cat([b, steady])
             applied[layer.name] = nrn.bias_schedule

@@ -262,8 +262,8 @@ def convert(
         if method == "s-resnet":
             comp.compensate(snn, program, scales, calib_images, comp_method, compensation,
                             timesteps=calib_timesteps, subset=calib_subset, batch_size=batch_size,
-                            progress=progress)
+                            progress=progress, shard=shard)
         elif comp_method != "off":
             lowlat.calibrate_schedule(snn, program, scales, calib_images[:calib_subset], horizon,
-                                      batch_size=batch_size, progress=progress)
+                                      batch_size=batch_size, progress=progress, shard=shard)
         return snn

@@ -46,3 +46,23 @@ def evaluation(kind: str, n_calib: int, n_test: int, form: str, timesteps: list)
     for k in ("images_per_second", "cost"):
         r.pop(k)
     return r
+
+
+def kth(rows: int, n: int, seed: int) -> dict:
+    """kth_largest over values split unevenly between the ranks (rank r holds a contiguous block)."""
+    from sresnet.convert.lowlat import kth_largest
+
+    shard = shard_from()
+    u, k = kth_case(rows, n, seed)
+    return {"kth": kth_largest(u[:, shard.block(n)], k, shard)}
+
+
+def kth_case(rows: int, n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(rows, n, generator=g)
+    u[0, : n // 3] = 0.0  # ties, and -0.0 beside +0.0
+    u[0, n // 3 : n // 2] = -0.0
+    u[1] = u[1].round()  # many ties
+    k = torch.randint(1, n + 1, (rows,), generator=g)
+    k[-1] = n  # the smallest value
+    return u, k

@@ -1,6 +1,9 @@
 """Several processes (gloo on CPU): the same network and the same numbers as one process."""
 
 import pytest
+import torch
+
+from sresnet.convert.lowlat import kth_largest
 
 from sresnet.distributed import Shard, shard_range
 
@@ -42,11 +45,29 @@ def test_evaluation_numbers_identical_on_two_processes(tmp_path, form):
         assert_same_tree({k: v for k, v in single.items() if k != "world_size"}, r)
 
 
-@pytest.mark.parametrize("method", ["lowlat", "s-resnet"])
-def test_conversion_bit_identical_on_two_processes(tmp_path, method):
-    # 21 calibration images in batches of 4 (6 batches, the last partial); every site subsampled
+def _sorted_kth(u, k):
+    return torch.sort(u, dim=1, descending=True).values.gather(1, (k - 1).view(-1, 1)).squeeze(1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kth_largest_one_process_equals_a_sort(seed):
+    u, k = _dist_tasks.kth_case(6, 1001, seed)
+    assert torch.equal(kth_largest(u, k, Shard()), _sorted_kth(u, k))
+
+
+def test_kth_largest_over_three_processes_equals_a_sort_of_the_union(tmp_path):
+    kw = dict(rows=5, n=301, seed=3)  # 101 / 100 / 100 values per rank
+    u, k = _dist_tasks.kth_case(**kw)
+    for r in launch(3, "kth", tmp_path, **kw):
+        assert torch.equal(r["kth"], _sorted_kth(u, k))
+
+
+@pytest.mark.parametrize("method,subset", [("lowlat", 8), ("lowlat", 7), ("s-resnet", 7)])
+def test_conversion_bit_identical_on_two_processes(tmp_path, method, subset):
+    # 21 calibration images in batches of 4 (6 batches, the last partial); every site subsampled;
+    # the layer-by-layer calibration shares `subset` images (7: uneven shares)
     kw = dict(kind="tiny_B_module", n=21, method=method, batch_size=4, max_values=2048, horizon=8,
-              calib_timesteps=8, calib_subset=8)
+              calib_timesteps=8, calib_subset=subset)
     single = _dist_tasks.network(**kw)
     for r in launch(2, "network", tmp_path, **kw):
         assert_same_tree(single, r)
