@@ -38,14 +38,14 @@ def _timesteps(text: str) -> list[int]:
 
 
 def _percentile(text: str):
-    if text == "max":
-        return "max"
+    if text in ("max", "search"):
+        return text
     try:
         p = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"percentile must be a number in (0, 100] or 'max', got {text!r}")
+        raise argparse.ArgumentTypeError(f"percentile must be a number in (0, 100], 'max' or 'search', got {text!r}")
     if not 0 < p <= 100:
-        raise argparse.ArgumentTypeError(f"percentile must be in (0, 100] or 'max', got {text!r}")
+        raise argparse.ArgumentTypeError(f"percentile must be in (0, 100], 'max' or 'search', got {text!r}")
     return p
 
 
@@ -116,7 +116,9 @@ def _conversion_options(p: argparse.ArgumentParser) -> None:
     """The options of sresnet.convert, shared by eval and convert."""
     p.add_argument("--calib-size", type=_positive, default=1000,
                    help="calibration images: the first N of --calib-data (ImageFolder: the classes in turn)")
-    p.add_argument("--percentile", type=_percentile, default=99.9, help="activation percentile for the scales λ, or 'max'")
+    p.add_argument("--percentile", type=_percentile, default=99.9,
+                   help="activation percentile for the scales λ, 'max', or 'search' (least IF quantization error "
+                   "at the horizon / calibration T)")
     p.add_argument("--shortcut", default="A", choices=["A", "B"], help="CIFAR ResNet shortcut type of the checkpoint")
     p.add_argument("--method", default="lowlat", choices=list(METHODS),
                    help="lowlat: per-step bias schedule + delayed readout, one network for every T <= --horizon "

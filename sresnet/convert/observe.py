@@ -10,6 +10,14 @@ deviation sqrt(q(1-q)/n), q = p/100: with n = 2**19 (half of 2**20 values positi
 p = 99.9 that is 4.4e-5, so λ lies between the true 99.887th and 99.913th percentiles
 with probability ~0.997. "max" is always exact.
 
+``percentile="search"`` instead picks, from the same sample, the λ that minimizes the
+quantization error of an IF neuron over ``search_timesteps`` steps (the threshold search of
+SNN Calibration, Li et al., ICML 2021, Sec. 4.1): with v0 = θ/2 a constant normalized input
+a/λ gives floor(a·T/λ + 1/2) spikes in T steps, so the neuron represents
+q_λ(a) = λ·clip(floor(a·T/λ + 1/2), 0, T)/T, and λ is the candidate of
+``max · k/SEARCH_GRID`` (k = 1..SEARCH_GRID) with the least Σ (a − q_λ(a))² over the
+positive sample (negative activations cost the same for every λ).
+
 Several processes (:mod:`sresnet.distributed`) each observe a share of the batches (batch b
 on rank b mod world). Each site's generator is advanced past the batches a rank skips by the
 exact number of draws those batches would have made, so every batch is sampled as one
@@ -25,12 +33,19 @@ import torch
 import torch.fx as fx
 
 
+# candidates of the threshold search (fractions k/SEARCH_GRID of the maximum) and the most
+# positive values it scores per site or channel (a strided take of the uniform sample)
+SEARCH_GRID = 100
+SEARCH_VALUES = 1 << 18
+
+
 class SiteStats:
     """Streaming percentile of the positive values of one site (scalar or per channel dim 1)."""
 
     def __init__(self, percentile, per_channel: bool, max_values: int, n_batches: int, seed: int,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, search_timesteps: int | None = None):
         self.percentile = percentile
+        self.search_timesteps = search_timesteps
         self.batch_size = batch_size
         self.next_batch = 0
         self.per_channel = per_channel
@@ -100,12 +115,16 @@ class SiteStats:
                 glob = lam.max() if lam.max() > 0 else torch.tensor(1.0)
                 return torch.where(lam > 0, lam, glob)
             return lam if lam > 0 else torch.tensor(1.0)
-        q = float(self.percentile) / 100.0
+        if self.percentile == "search":
+            pick = lambda v, default=None: _search(v, self.search_timesteps, default)  # noqa: E731
+        else:
+            q = float(self.percentile) / 100.0
+            pick = lambda v, default=None: _quantile(v, q, default)  # noqa: E731
         if not self.per_channel:
-            return _quantile(torch.cat(self.samples), q)
+            return pick(torch.cat(self.samples))
         allv = torch.cat(self.samples, dim=1)
-        glob = _quantile(allv[allv > 0], q)
-        return torch.stack([_quantile(row[row > 0], q, default=glob) for row in allv])
+        glob = pick(allv[allv > 0])
+        return torch.stack([pick(row[row > 0], glob) for row in allv])
 
 
 def _quantile(values: torch.Tensor, q: float, default: torch.Tensor | None = None) -> torch.Tensor:
@@ -115,6 +134,21 @@ def _quantile(values: torch.Tensor, q: float, default: torch.Tensor | None = Non
         return default.clone() if default is not None else torch.tensor(1.0)
     k = min(n, max(1, math.ceil(q * n)))
     return values.kthvalue(k).values
+
+
+def _search(values: torch.Tensor, T: int, default: torch.Tensor | None = None) -> torch.Tensor:
+    """The λ of the threshold search (module docstring) over the positive ``values`` (1-D);
+    ``default`` (else 1.0) when empty. Ties go to the larger λ (less clipping)."""
+    if values.numel() == 0:
+        return default.clone() if default is not None else torch.tensor(1.0)
+    v = values[:: -(-values.numel() // SEARCH_VALUES)].double()
+    cands = v.max() * torch.arange(1, SEARCH_GRID + 1, dtype=torch.float64) / SEARCH_GRID
+    err = torch.empty(SEARCH_GRID, dtype=torch.float64)
+    for i, lam in enumerate(cands):
+        q = lam * torch.floor(v * (T / lam) + 0.5).clamp_(0, T) / T
+        err[i] = (v - q).square().sum()
+    best = SEARCH_GRID - 1 - int(torch.argmin(err.flip(0)))
+    return cands[best].float()
 
 
 class _Recorder(fx.Interpreter):
@@ -133,13 +167,15 @@ class _Recorder(fx.Interpreter):
 
 
 def observe(program, images: torch.Tensor, *, percentile, per_channel: bool, batch_size: int,
-            max_values: int = 2 ** 20, seed: int = 0, shard=None) -> dict[str, torch.Tensor]:
+            max_values: int = 2 ** 20, seed: int = 0, shard=None,
+            search_timesteps: int | None = None) -> dict[str, torch.Tensor]:
     """λ for every neuron layer, every observed term (shortcut_norm=False) and the logits.
 
     Args:
         program: from :func:`sresnet.convert.trace.analyze`.
         images: calibration images ``[N, C, H, W]``.
-        percentile: a number in (0, 100] or "max".
+        percentile: a number in (0, 100], "max", or "search" (the threshold search over
+            ``search_timesteps`` steps, module docstring).
         per_channel: one λ per channel (dim 1) instead of one per site.
         batch_size: images per ANN forward.
         shard: a :class:`sresnet.distributed.Shard`: this process observes batches b with
@@ -148,13 +184,16 @@ def observe(program, images: torch.Tensor, *, percentile, per_channel: bool, bat
     Returns:
         ``{site node name: λ, ..., "output": λ}``, λ float32 0-dim or ``[C]``.
     """
+    if percentile == "search" and not (isinstance(search_timesteps, int) and search_timesteps >= 1):
+        raise ValueError(f"percentile='search' needs search_timesteps, an int >= 1, got {search_timesteps!r}")
     keys = [l.name for l in program.layers if l.kind == "neuron"]
     keys += [t.observe for l in program.layers if l.kind == "neuron" for t in l.terms if t.observe]
     n_batches = math.ceil(images.shape[0] / batch_size)
-    stats = {k: SiteStats(percentile, per_channel, max_values, n_batches, seed + i, batch_size)
+    stats = {k: SiteStats(percentile, per_channel, max_values, n_batches, seed + i, batch_size, search_timesteps)
              for i, k in enumerate(keys)}
     # the logits have no channel structure worth a per-channel scale (argmax must not change)
-    stats["output"] = SiteStats(percentile, False, max_values, n_batches, seed + len(keys), batch_size)
+    stats["output"] = SiteStats(percentile, False, max_values, n_batches, seed + len(keys), batch_size,
+                                search_timesteps)
     rec = _Recorder(program.graph_module, stats)
     for b in range(n_batches):
         if shard is not None and not shard.owns(b):

@@ -22,10 +22,10 @@ from .trace import analyze, trace
 
 
 def _check_percentile(p):
-    if p == "max":
+    if p in ("max", "search"):
         return p
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 < p <= 100) or not math.isfinite(p):
-        raise ValueError(f"percentile must be a number in (0, 100] or 'max', got {p!r}")
+        raise ValueError(f"percentile must be a number in (0, 100], 'max' or 'search', got {p!r}")
     return float(p)
 
 
@@ -161,7 +161,11 @@ def convert(
         calib_images: normalized images ``[N, C, H, W]`` for the statistics (e.g. 1000-5000
             training images).
         percentile: λ = this percentile of the positive activations of each site (99.9;
-            99.99 or "max" also useful).
+            99.99 or "max" also useful), or "search": per site (per channel with
+            ``per_channel``) the λ with the least quantization error of an IF neuron over
+            ``horizon`` steps ("lowlat") or ``calib_timesteps`` ("s-resnet"), after SNN
+            Calibration's threshold search (:mod:`sresnet.convert.observe`;
+            docs/accuracy.md measures it).
         method: "lowlat" or "s-resnet" (above).
         horizon: "lowlat": the longest T the schedule is calibrated for; later steps reuse a
             steady bias (docs/accuracy.md measures what that costs).
@@ -242,7 +246,8 @@ def convert(
             ) from exc
         pooled = pool_analog_stem(program) if analog_stem_pool else 0
         scales = observe(program, calib_images, percentile=percentile, per_channel=per_channel,
-                         batch_size=batch_size, max_values=max_values, seed=seed, shard=shard)
+                         batch_size=batch_size, max_values=max_values, seed=seed, shard=shard,
+                         search_timesteps=horizon if method == "lowlat" else calib_timesteps)
         layers, output = normalize(program, scales, shortcut_norm=shortcut_norm)
         info = dict(method=method, percentile=percentile, per_channel=per_channel, shortcut_norm=shortcut_norm,
                     compensation=compensation if isinstance(compensation, (str, type(None))) else "user",
