@@ -4,7 +4,9 @@ Each process (rank) takes a disjoint share of the work: no image is padded or co
 and the last share may be smaller. What the ranks measure is merged so that the result does
 not depend on the number of processes: maxima by MAX, counts as integer sums, and sampled
 activations gathered whole, with samples drawn exactly as one process would draw them (see
-:mod:`sresnet.convert.observe`). The converted network is then bit-identical to a
+:mod:`sresnet.convert.observe`), float sums per batch added in batch order, and order
+statistics found by bisection with integer count all-reduces
+(:func:`sresnet.convert.lowlat.kth_largest`). The converted network is then bit-identical to a
 single-process conversion over the same calibration images, and evaluation numbers are
 the same integers.
 

@@ -198,10 +198,11 @@ def convert(
             False keeps a gated spiking max pool there, as the paper does.
         process_group: an initialized ``torch.distributed`` group (default: the default group
             when one is initialized, e.g. under torchrun). The ranks share the observation of
-            the calibration batches and merge it exactly (:mod:`sresnet.distributed`); the
-            layer-by-layer calibration on ``calib_subset`` images runs whole on every rank.
-            The network is bit-identical to a single-process conversion. Every rank must pass
-            the same ``calib_images``.
+            the calibration batches and the layer-by-layer calibration (each simulates a
+            contiguous share of the ``calib_subset`` images) and merge them exactly
+            (:mod:`sresnet.distributed`): the network is bit-identical to a single-process
+            conversion. Every rank must pass the same ``calib_images``; ``calib_subset``
+            must be at least the number of ranks.
         progress: a tqdm bar on stderr over the layers being calibrated (the calibration
             is most of the conversion time: minutes for ResNet-56 on 2 CPU cores).
 
