@@ -176,8 +176,8 @@ def compensate(snn, program, scales, images, method: str, raw, *, timesteps: int
 
     ``shard`` (a :class:`sresnet.distributed.Shard`): each rank simulates a contiguous share
     of the ``subset`` images and the spike counts are summed exactly, so every rank applies
-    what one process would (given kernels whose per-image results do not depend on the other
-    images of the batch, as spikekernels' are).
+    what one process would (given per-image currents that do not depend on the other images
+    of a call; see :func:`sresnet.convert.lowlat.calibrate_schedule` for when that holds).
 
     Raises:
         ValueError: fewer calibration images than ranks.
