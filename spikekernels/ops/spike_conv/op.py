@@ -153,7 +153,8 @@ def spike_conv2d(
 
     Per step t, in float32:
     ``x_t = conv2d(s_t, weight, bias) + (step_bias[t] + residual_scale * residual_t)``
-    (the terms that are given, added in this order), then the IF update of ``sk.if_scan``: ``v += x_t``; spike when ``v >= threshold``; then
+    (the terms that are given, added in this order; see spike_conv/README.md), then the IF
+    update of ``sk.if_scan``: ``v += x_t``; spike when ``v >= threshold``; then
     ``v -= threshold`` (reset="subtract") or ``v = v_reset`` (reset="zero"). The CPU kernel
     is event-driven (it adds one weight slice per input spike and skips silent inputs); above
     SPIKEKERNELS_CONV_DENSE_DENSITY input density it runs a chunked dense conv instead.
@@ -185,6 +186,8 @@ def spike_conv2d(
             float32 operations as passing ``step_bias[t][:, None, None] + α·residual_t`` as a
             float residual with ``residual_scale=1`` (which the kernels would read as a full
             ``[T, B, Cout, H', W']`` float tensor; here they read ``T * Cout`` floats).
+            TypeError when it is not a float tensor; ValueError for another shape (T is the
+            input's, or ``timesteps``), NaN/Inf, or another device than ``s``.
         timesteps: T for a ``[1, B, ...]`` constant input (None: ``s.shape[0]``).
         v_reset: membrane after a spike when reset="zero".
         spike_dtype: dtype of the spikes (default ``s.dtype``; uint8/bool store one byte).
