@@ -82,6 +82,27 @@ def channel_vector(value, name: str, channels: int | None, device: torch.device,
     return vec.contiguous()
 
 
+def check_step_bias(step_bias, steps: int, channels: int, device: torch.device) -> None:
+    """Validate a per-step, per-channel bias ``[T, C]``: a float tensor of exactly that shape
+    (``steps`` = the input's T, ``channels`` = the output channels), finite (not checked while
+    torch.compile traces), on ``device``."""
+    if not isinstance(step_bias, torch.Tensor):
+        raise TypeError(f"step_bias must be a torch.Tensor [T, C] or None, got {type(step_bias).__name__}")
+    if not step_bias.dtype.is_floating_point:
+        raise TypeError(f"step_bias has dtype {step_bias.dtype}; accepted: {_dtype_names(FLOAT_DTYPES)}")
+    if tuple(step_bias.shape) != (steps, channels):
+        raise ValueError(
+            f"step_bias has shape {tuple(step_bias.shape)}; expected [T, C] = [{steps}, {channels}] "
+            f"(one row per time step of this call, one value per output channel; slice the rows "
+            f"of the steps a chunked call covers)"
+        )
+    if step_bias.device != device:
+        raise ValueError(f"step_bias is on {step_bias.device} but the input is on {device}; put both on one device")
+    # the value check reads the tensor, which would break a torch.compile graph (as for v0)
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(step_bias.detach()).all()):
+        raise ValueError("step_bias contains NaN or Inf; accepted: finite values")
+
+
 def prepare_threshold(threshold, x: torch.Tensor, name: str = "threshold") -> torch.Tensor:
     """A float32 vector [C] on x's device: C=1 for a scalar, C=x.shape[2] per channel."""
     channels = x.shape[2] if x.dim() >= 3 else None

@@ -100,10 +100,6 @@ def ceil_mode_pad(pool: dict, hw: tuple) -> tuple | None:
     return (0, extra[1], 0, extra[0]) if any(extra) else None
 
 
-def _conv_out(n: int, k: int, s: int, p: int) -> int:
-    return (n + 2 * p - k) // s + 1
-
-
 def default_chunk(net: Network, batch: int, hw: tuple) -> int:
     """Time steps per chunk so that the largest float32 intermediate stays near 32 MiB."""
     area = hw[0] * hw[1] / max(1, net.input_shape[1] * net.input_shape[2])
@@ -216,7 +212,7 @@ class Executor:
         for op in main.pre:
             x = apply_op(op, x, be)
         residual, rscale = None, 1.0
-        if layer.residual_spikes and rows is None:
+        if layer.residual_spikes:
             other = layer.others[0]
             residual = outs[other.source]
             for op in other.pre:
@@ -224,17 +220,11 @@ class Executor:
             rscale = other.scale if other.scale is not None else 1.0
         elif layer.others:
             residual = self.currents(layer.others, outs)
-        if rows is not None:
-            if main.kind == "conv":
-                kh, kw_ = main.weight.shape[2:]
-                out_shape = (steps, x.shape[1], main.weight.shape[0],
-                             _conv_out(x.shape[3], kh, main.stride[0], main.padding[0]),
-                             _conv_out(x.shape[4], kw_, main.stride[1], main.padding[1]))
-            else:
-                out_shape = (steps, x.shape[1], main.weight.shape[0])
-            extra = rows.view(steps, 1, -1, *([1] * (len(out_shape) - 3)))
-            residual = extra.expand(out_shape) if residual is None else residual + extra
-        kw.update(threshold=nrn.threshold, v0=v0, reset=nrn.reset, residual=residual, residual_scale=rscale)
+        # the bias schedule's rows go in as step_bias: the kernels add (rows[t] + α·residual),
+        # the float32 operations of the float residual (α·residual + rows) this replaces, so
+        # the uint8 spike shortcut stays uint8 and no [steps, B, C, H, W] float is built
+        kw.update(threshold=nrn.threshold, v0=v0, reset=nrn.reset, residual=residual, residual_scale=rscale,
+                  step_bias=rows)
         if main.kind == "conv":
             return sk.spike_conv2d(x, main.weight, main.bias, main.stride, main.padding, **kw)
         return sk.spike_linear(x, main.weight, main.bias, **kw)

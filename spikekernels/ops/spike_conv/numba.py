@@ -18,7 +18,10 @@ milliseconds after each parallel torch op, on the cores the Numba threads need.
 
 Dense path (``_dense``): above SPIKEKERNELS_CONV_DENSE_DENSITY input density, torch's conv
 runs on chunks of a few steps (no temporary over 32 MiB, so none is a fresh mmap) and
-``_if_epilogue`` adds the residual and runs the neuron.
+``_if_epilogue`` adds the per-step bias and the residual and runs the neuron.
+
+Every path adds the per-step bias ``step_bias [T, Cout]`` in the reference's order,
+``x = (conv + b) + (β_t + α·r)``, where it adds the residual: no extra pass.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from numba.extending import intrinsic
 from ... import _config
 from ..if_scan.numba import spike_buffer
 from . import numba_gather
-from .numba_rows import _SPREAD, _current_row, _if_row, _residual_in, _spikes_out
+from .numba_rows import _SPREAD, _current_row, _if_row, _residual_in, _spikes_out, _step_bias_row
 
 # bytes of the largest temporary (float input chunk or current chunk) of the dense path: well
 # under glibc's 32 MiB mmap threshold, so chunks are recycled heap memory, not fresh pages
@@ -106,7 +109,7 @@ def _phase_table(n_in, k, stride, pad, nt, width):
 @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res, spread, wr, co_tile, ct, nty,
                   ntx, roff, rwoff, rok, xoff, xpha, xok, xlen, xbits, rowlen, n_rows, Cout, Ho, Wo, bias, thr, rs,
-                  v, out, reset_zero, v_reset, res, has_res, neuron):
+                  v, out, reset_zero, v_reset, res, has_res, neuron, sb, has_sb):
     """Event-driven conv + IF, one work item per (image, output-channel tile), T loop inside.
 
     ``wr [tiles, sy * sx phases, nty, Cin, ntx * ct]``: for each (row phase, column phase) of an
@@ -118,6 +121,7 @@ def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res,
     (``_axpy8``), then the IF runs row by row channels-last with the membrane channels-last
     too (vectorized, clears the current), and the spikes are transposed to ``[Cout, H'W']``
     8x8 at a time (``fast_out``); a uint8 residual comes in the same way (``fast_res``).
+    ``sb [T, Cout]`` (``has_sb``): the per-step bias, spread over a row once per step.
     """
     T, B, Cin, H, W = s.shape
     n_tiles = wr.shape[0]
@@ -140,6 +144,7 @@ def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res,
         th = np.ones(WC, np.float32)
         sc = np.zeros(WC, np.float32)
         bi = np.zeros(WC, np.float32)
+        sbr = np.zeros(WC, np.float32)
         rr = np.zeros(Ho * WC if has_res and not fast_res else WC, np.float32)
         rr8w = np.zeros(Ho * WC // 8 if fast_res else 1, np.uint64)
         rr8 = rr8w.view(np.uint8)
@@ -209,6 +214,8 @@ def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res,
                     src = res[tr, (b * Cout + c0 + c) * P:(b * Cout + c0 + c + 1) * P]
                     for p in range(P):
                         rr[p * ct + c] = np.float32(src[p])
+            if has_sb:
+                _step_bias_row(sb[t], c0, nc, ct, Wo, sbr)
             # IF (or the current) row by row, channels-last, then one transpose to [Cout, H'W']
             for oy in range(Ho):
                 a_lo = (oy + nty - 1) * rowlen + (ntx - 1) * ct
@@ -216,17 +223,17 @@ def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res,
                 if fast_res:
                     rrow8 = rr8[oy * WC:(oy + 1) * WC]
                     if neuron:
-                        _if_row(arow, bi, sc, rrow8, th, vl[oy * WC:(oy + 1) * WC], sp[oy * WC:(oy + 1) * WC], True,
-                                reset_zero, vr)
+                        _if_row(arow, bi, sc, rrow8, sbr, th, vl[oy * WC:(oy + 1) * WC], sp[oy * WC:(oy + 1) * WC],
+                                True, has_sb, reset_zero, vr)
                     else:
-                        _current_row(arow, bi, sc, rrow8, xr[oy * WC:(oy + 1) * WC], True)
+                        _current_row(arow, bi, sc, rrow8, sbr, xr[oy * WC:(oy + 1) * WC], True, has_sb)
                     continue
                 rrow = rr[oy * WC:(oy + 1) * WC] if has_res else rr[:WC]
                 if neuron:
-                    _if_row(arow, bi, sc, rrow, th, vl[oy * WC:(oy + 1) * WC], sp[oy * WC:(oy + 1) * WC], has_res,
-                            reset_zero, vr)
+                    _if_row(arow, bi, sc, rrow, sbr, th, vl[oy * WC:(oy + 1) * WC], sp[oy * WC:(oy + 1) * WC], has_res,
+                            has_sb, reset_zero, vr)
                 else:
-                    _current_row(arow, bi, sc, rrow, xr[oy * WC:(oy + 1) * WC], has_res)
+                    _current_row(arow, bi, sc, rrow, sbr, xr[oy * WC:(oy + 1) * WC], has_res, has_sb)
             if neuron:
                 _spikes_out(spw, ct, nc, P, ot, out_words[t, b], c0, spread, fast_out)
                 continue
@@ -242,14 +249,16 @@ def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res,
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def _if_epilogue(x, T, inner, thr, v, out, reset_zero, v_reset, res, rs, has_res, t0):
-    """IF update over currents ``x [T, N]`` (conv + bias) plus ``rs * res[t0 + t]``.
+def _if_epilogue(x, T, inner, thr, v, out, reset_zero, v_reset, res, rs, has_res, t0, sb, has_sb):
+    """IF update over currents ``x [T, N]`` (conv + bias) plus ``sb[t0 + t] + rs * res[t0 + t]``
+    (``sb [T, Cout]``: the per-step bias, when ``has_sb``).
 
     Blocks of neurons across threads, the T loop inside each block (its membrane stays in L1).
     """
     n = v.shape[0]
     n_thr = thr.shape[0]
     n_rs = rs.shape[0]
+    n_ch = sb.shape[1]
     const_res = res.shape[0] == 1
     vr = np.float32(v_reset)
     zero = np.float32(0.0)
@@ -259,18 +268,25 @@ def _if_epilogue(x, T, inner, thr, v, out, reset_zero, v_reset, res, rs, has_res
         hi = min(lo + BLOCK, n)
         th = np.empty(hi - lo, np.float32)
         sc = np.empty(hi - lo, np.float32)
+        ch = np.empty(hi - lo, np.int64)
         for i in range(lo, hi):
             th[i - lo] = thr[(i // inner) % n_thr]
             sc[i - lo] = rs[(i // inner) % n_rs]
+            ch[i - lo] = (i // inner) % n_ch
         vb = v[lo:hi]
         for t in range(T):
             xt = x[t, lo:hi]
             ot = out[t, lo:hi]
             rt = res[0 if const_res else t0 + t, lo:hi] if has_res else res[0, :1]
+            sbt = sb[t0 + t] if has_sb else sb[0]
             for i in range(hi - lo):
                 xv = xt[i]
-                if has_res:
+                if has_res and has_sb:
+                    xv = xv + (sbt[ch[i]] + sc[i] * np.float32(rt[i]))
+                elif has_res:
                     xv = xv + sc[i] * np.float32(rt[i])
+                elif has_sb:
+                    xv = xv + sbt[ch[i]]
                 vi = vb[i] + xv
                 spk = vi >= th[i]
                 ot[i] = spk
@@ -288,7 +304,7 @@ def estimate_density(s: torch.Tensor) -> float:
     return float(torch.count_nonzero(sample)) / sample.numel()
 
 
-def _dense(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, res, rs, neuron) -> None:
+def _dense(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, res, rs, neuron, sb=None) -> None:
     T, B = s.shape[:2]
     Cout, Ho, Wo = out.shape[2:]
     step_bytes = 4 * B * max(Cout * Ho * Wo, s[0, 0].numel())
@@ -298,6 +314,7 @@ def _dense(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, r
     buf, stage = (None, None) if not neuron else spike_buffer(out)
     dummy = np.zeros((1, 1), np.float32)
     res_np = dummy if res is None else res.numpy()
+    sb_np = dummy if sb is None else sb.numpy()
     rs_np = rs.numpy()
     s_f = torch.empty((tc,) + tuple(s.shape[1:]), dtype=torch.float32) if s.dtype != torch.float32 else None
     for t0 in range(0, T, tc):
@@ -308,19 +325,24 @@ def _dense(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, r
         x = F.conv2d(chunk.flatten(0, 1), weight, bias, stride=stride, padding=padding)
         if not neuron:
             x = x.view(t1 - t0, B, Cout, Ho, Wo)
+            extra = None if sb is None else sb[t0:t1].view(t1 - t0, 1, Cout, 1, 1)
             if res is not None:
                 scale = rs.view(-1, 1, 1) if rs.numel() > 1 else rs
                 r = res if res.shape[0] == 1 else res[t0:t1]
-                x += scale * r.view((r.shape[0], B, Cout, Ho, Wo)).to(torch.float32)
+                r = scale * r.view((r.shape[0], B, Cout, Ho, Wo)).to(torch.float32)
+                extra = r if extra is None else extra + r
+            if extra is not None:
+                x += extra
             out[t0:t1] = x
             continue
         _if_epilogue(x.view(t1 - t0, n).numpy(), t1 - t0, inner, thr.numpy(), v.numpy(),
-                     buf[t0:t1].reshape(t1 - t0, n), reset_zero, v_reset, res_np, rs_np, res is not None, t0)
+                     buf[t0:t1].reshape(t1 - t0, n), reset_zero, v_reset, res_np, rs_np, res is not None, t0,
+                     sb_np, sb is not None)
     if stage is not None:
         out.copy_(stage)
 
 
-def _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, res, rs, neuron) -> None:
+def _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, res, rs, neuron, sb=None) -> None:
     T, B, Cin, H, W = s.shape
     Cout, _, kh, kw = weight.shape
     Ho, Wo = out.shape[3:]
@@ -383,16 +405,19 @@ def _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, r
     res_words = res_np.view(np.uint64) if fast_res else np.zeros((1, 1), np.uint64)
     _event_kernel(s_np, words, use_words, out_words, fast_out, res_words, fast_res, _SPREAD, wr, co_tile, ct, nty, ntx, roff, rwoff, rok, xoff, xpha, xok, xlen, xbits, rowlen, n_rows, Cout, Ho, Wo,
                   bias.numpy(), thr.numpy(), rs.numpy(), v_np, out4, reset_zero,
-                  v_reset, res_np, res is not None, neuron)
+                  v_reset, res_np, res is not None, neuron,
+                  np.zeros((1, 1), np.float32) if sb is None else sb.numpy(), sb is not None)
     if stage is not None:
         out.copy_(stage)
 
 
 def spike_conv2d(s, weight, bias, stride, padding, thr, v, out, reset_zero: bool, v_reset: float,
-                 residual, res_scale, neuron: bool) -> None:
+                 residual, res_scale, neuron: bool, step_bias=None) -> None:
     if estimate_density(s) > _config.conv_dense_density():
-        _dense(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual, res_scale, neuron)
+        _dense(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual, res_scale, neuron,
+               step_bias)
     elif not numba_gather.gather(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual,
-                                 res_scale, neuron):
+                                 res_scale, neuron, step_bias):
         # not 0/1 (an analog input): the scatter kernel multiplies each weight by the input
-        _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual, res_scale, neuron)
+        _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual, res_scale, neuron,
+               step_bias)

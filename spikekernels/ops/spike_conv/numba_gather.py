@@ -17,7 +17,8 @@ input spike's weights into a current buffer in memory). Here each output pixel g
    are zero bits, so there are no bounds checks.
 3. Once a row of output pixels is summed, the IF update runs over the whole row
    channels-last (``numba_rows._if_row``: the float32 operations of ``if_scan`` in its
-   order, ``x = (sum + b) + α·r``, ``v = v + x``), on a channels-last membrane that stays in
+   order, ``x = (sum + b) + (β_t + α·r)``, ``v = v + x``; the per-step bias β_t is one row
+   per step and channel tile, read beside the constant bias ``b``), on a channels-last membrane that stays in
    cache for the T loop; after each step the spikes are transposed to ``out``.
 
 Work per output neuron-step: one word per 64 receptive-field inputs plus ``ct / 8`` vector
@@ -40,7 +41,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..if_scan.numba import spike_buffer
-from .numba_rows import _SPREAD, _current_row, _if_row, _residual_in, _spikes_out
+from .numba_rows import _SPREAD, _current_row, _if_row, _residual_in, _spikes_out, _step_bias_row
 
 # accumulator vectors of 8 float32 per output pixel (ct = 8 * NV channels per tile); the
 # widest keeps 8 of AVX2's 16 ymm registers for the sums
@@ -186,7 +187,8 @@ def _pack(s, pk, H, W, Cb, Wp, ph, pw):
 
 @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v, out,
-                   out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron):
+                   out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron, sb,
+                   has_sb):
     """Conv + IF, one work item per (image, channel tile of ``ct = 8 nv``), T loop inside.
 
     ``pk [T, B, bytes]`` bits from ``_pack``; ``toff``/``wrow``/``mask`` per receptive-field
@@ -196,7 +198,8 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
     (or the current when not ``neuron``) with the membrane channels-last too; per step the
     spikes go to ``out [T, B, Cout, H'W']`` (``fast_out``: uint8 through ``out_words``). A
     uint8 residual comes in channels-last once per step through ``res_words`` (``fast_res``),
-    any other residual row by row.
+    any other residual row by row. ``sb [T, Cout]`` (``has_sb``): the per-step bias, spread
+    channels-last over a row once per step.
     """
     T, B = pk.shape[:2]
     ct = 8 * nv
@@ -217,6 +220,7 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
         th = np.ones(WC, np.float32)
         sc = np.zeros(WC, np.float32)
         bi = np.zeros(WC, np.float32)
+        sbr = np.zeros(WC, np.float32)
         vl = np.zeros(P * ct if neuron else 1, np.float32)
         spw = np.zeros(P * nv if neuron else 1, np.uint64)
         sp = spw.view(np.uint8)
@@ -240,15 +244,18 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
             rt = res[tr] if has_res else res[0]
             if fast_res:
                 _residual_in(res_words[tr], rt, rr8, rr8w, ct, nc, P, b * Cout + c0, spread)
+            if has_sb:
+                _step_bias_row(sb[t], c0, nc, ct, Wo, sbr)
             for oy in range(Ho):
                 for ox in range(Wo):
                     _gather_sum(nv, pt, (oy * sy * Wp + ox * sx) * Cb, toff, wrow, mask, nw, wt, acc, ox * ct)
                 lo = oy * WC
                 if fast_res:
                     if neuron:
-                        _if_row(acc, bi, sc, rr8[lo:lo + WC], th, vl[lo:lo + WC], sp[lo:lo + WC], True, reset_zero, vr)
+                        _if_row(acc, bi, sc, rr8[lo:lo + WC], sbr, th, vl[lo:lo + WC], sp[lo:lo + WC], True, has_sb,
+                                reset_zero, vr)
                     else:
-                        _current_row(acc, bi, sc, rr8[lo:lo + WC], xr[lo:lo + WC], True)
+                        _current_row(acc, bi, sc, rr8[lo:lo + WC], sbr, xr[lo:lo + WC], True, has_sb)
                     continue
                 if has_res:
                     for c in range(nc):
@@ -256,9 +263,9 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
                         for ox in range(Wo):
                             rr[ox * ct + c] = np.float32(src[ox])
                 if neuron:
-                    _if_row(acc, bi, sc, rr, th, vl[lo:lo + WC], sp[lo:lo + WC], has_res, reset_zero, vr)
+                    _if_row(acc, bi, sc, rr, sbr, th, vl[lo:lo + WC], sp[lo:lo + WC], has_res, has_sb, reset_zero, vr)
                 else:
-                    _current_row(acc, bi, sc, rr, xr[lo:lo + WC], has_res)
+                    _current_row(acc, bi, sc, rr, sbr, xr[lo:lo + WC], has_res, has_sb)
             if neuron:
                 _spikes_out(spw, ct, nc, P, out[t, b], out_words[t, b], c0, spread, fast_out)
             else:
@@ -341,7 +348,8 @@ def _vectors(Cout: int, B: int, threads: int) -> int:
 
 def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tuple[int, int],
            padding: tuple[int, int], thr: torch.Tensor, v: torch.Tensor | None, out: torch.Tensor, reset_zero: bool,
-           v_reset: float, res: torch.Tensor | None, rs: torch.Tensor, neuron: bool) -> bool:
+           v_reset: float, res: torch.Tensor | None, rs: torch.Tensor, neuron: bool,
+           step_bias: torch.Tensor | None = None) -> bool:
     """Run the bit-packed output-stationary kernel; False (nothing written) if ``s`` is not 0/1.
 
     Same contract as ``reference.spike_conv2d`` (see spike_conv/README.md).
@@ -369,6 +377,7 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
         buf, stage = out.numpy(), None
         v_np = np.zeros(1, np.float32)
     res_np = np.zeros((1, 1), np.float32) if res is None else res.numpy()
+    sb_np = np.zeros((1, 1), np.float32) if step_bias is None else step_bias.numpy()
     out4 = buf.reshape(T, B, Cout, Ho * Wo)
     # uint8 spikes, whole 8-byte words per channel row: written 8 pixels x 8 channels at a time
     fast_out = neuron and out4.dtype == np.uint8 and (Ho * Wo) % 8 == 0
@@ -378,7 +387,7 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     res_words = res_np.view(np.uint64) if fast_res else np.zeros((1, 1), np.uint64)
     _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias.numpy(), thr.numpy(),
                    rs.numpy(), v_np, out4, out_words, fast_out, _SPREAD, reset_zero, v_reset, res_np,
-                   res is not None, res_words, fast_res, neuron)
+                   res is not None, res_words, fast_res, neuron, sb_np, step_bias is not None)
     if stage is not None:
         out.copy_(stage)
     return True

@@ -16,15 +16,32 @@ _SPREAD = np.array([sum(((b >> j) & 1) << (8 * j) for j in range(8)) for b in ra
 
 
 @numba.njit(cache=True, fastmath=False, inline="always")
-def _if_row(arow, bi, sc, rr, th, vrow, sp, has_res, reset_zero, vr):
+def _if_row(arow, bi, sc, rr, sb, th, vrow, sp, has_res, has_sb, reset_zero, vr):
     """IF update of one output row, channels-last ``[W', co_tile]``; clears the current.
 
-    Same float32 operations, in the same order, as ``if_scan``: ``x = (acc + b) + α·r``,
-    ``v = v + x``, ``s = v >= θ``, then the reset. Branches outside the loops so each vectorizes.
+    Same float32 operations, in the same order, as ``if_scan`` on the reference's current:
+    ``x = (acc + b) + (β_t + α·r)`` (``sb``: the step's bias row β_t, read when ``has_sb``),
+    ``v = v + x``, ``s = v >= θ``, then the reset. Branches outside the loops so each
+    vectorizes; the step bias costs one load and add per neuron, no pass of its own.
     """
     zero = np.float32(0.0)
     n = arow.shape[0]
-    if has_res:
+    if has_res and has_sb:
+        if reset_zero:
+            for j in range(n):
+                vi = vrow[j] + ((arow[j] + bi[j]) + (sb[j] + sc[j] * np.float32(rr[j])))
+                arow[j] = zero
+                spk = vi >= th[j]
+                sp[j] = spk
+                vrow[j] = vr if spk else vi
+        else:
+            for j in range(n):
+                vi = vrow[j] + ((arow[j] + bi[j]) + (sb[j] + sc[j] * np.float32(rr[j])))
+                arow[j] = zero
+                spk = vi >= th[j]
+                sp[j] = spk
+                vrow[j] = vi - (th[j] if spk else zero)
+    elif has_res:
         if reset_zero:
             for j in range(n):
                 vi = vrow[j] + ((arow[j] + bi[j]) + sc[j] * np.float32(rr[j]))
@@ -35,6 +52,21 @@ def _if_row(arow, bi, sc, rr, th, vrow, sp, has_res, reset_zero, vr):
         else:
             for j in range(n):
                 vi = vrow[j] + ((arow[j] + bi[j]) + sc[j] * np.float32(rr[j]))
+                arow[j] = zero
+                spk = vi >= th[j]
+                sp[j] = spk
+                vrow[j] = vi - (th[j] if spk else zero)
+    elif has_sb:
+        if reset_zero:
+            for j in range(n):
+                vi = vrow[j] + ((arow[j] + bi[j]) + sb[j])
+                arow[j] = zero
+                spk = vi >= th[j]
+                sp[j] = spk
+                vrow[j] = vr if spk else vi
+        else:
+            for j in range(n):
+                vi = vrow[j] + ((arow[j] + bi[j]) + sb[j])
                 arow[j] = zero
                 spk = vi >= th[j]
                 sp[j] = spk
@@ -57,15 +89,28 @@ def _if_row(arow, bi, sc, rr, th, vrow, sp, has_res, reset_zero, vr):
 
 
 @numba.njit(cache=True, fastmath=False, inline="always")
-def _current_row(arow, bi, sc, rr, xr, has_res):
-    """``x = (acc + b) + α·r`` of one output row into ``xr`` (``neuron=False``); clears the current."""
+def _current_row(arow, bi, sc, rr, sb, xr, has_res, has_sb):
+    """``x = (acc + b) + (β_t + α·r)`` of one output row into ``xr`` (``neuron=False``); clears the current."""
     zero = np.float32(0.0)
     for j in range(arow.shape[0]):
         xv = arow[j] + bi[j]
-        if has_res:
+        if has_res and has_sb:
+            xv = xv + (sb[j] + sc[j] * np.float32(rr[j]))
+        elif has_res:
             xv = xv + sc[j] * np.float32(rr[j])
+        elif has_sb:
+            xv = xv + sb[j]
         xr[j] = xv
         arow[j] = zero
+
+
+@numba.njit(cache=True, inline="always")
+def _step_bias_row(sbt, c0, nc, ct, Wo, row):
+    """The step's bias ``sbt [Cout]`` for channels ``c0 .. c0+nc`` spread channels-last over a
+    row: ``row[ox * ct + c] = sbt[c0 + c]`` (``Wo * nc`` writes per step and channel tile)."""
+    for ox in range(Wo):
+        for c in range(nc):
+            row[ox * ct + c] = sbt[c0 + c]
 
 
 @numba.njit(cache=True, inline="always")

@@ -68,7 +68,7 @@ def _residual(residual, out_shape, device) -> torch.Tensor | None:
 
 def _spiking(s, weight4, bias, stride, padding, out_hw, threshold, v0, reset, return_state, neuron,
              residual, residual_scale, timesteps, v_reset, spike_dtype, backend, op_name, surrogate=None,
-             detach_reset=False):
+             detach_reset=False, step_bias=None):
     """Shared body of spike_conv2d / spike_linear, on the 5-D conv layout [T, B, C, H, W]."""
     T, constant = _time_steps(s, timesteps)
     B, Cout = s.shape[1], weight4.shape[0]
@@ -77,10 +77,12 @@ def _spiking(s, weight4, bias, stride, padding, out_hw, threshold, v0, reset, re
         raise TypeError(f"neuron must be a bool, got {type(neuron).__name__}")
     if return_state and not neuron:
         raise ValueError("return_state=True needs neuron=True (without the neuron there is no membrane)")
-    if autograd.needed(s, weight4, bias, threshold, v0, residual, residual_scale):
+    if step_bias is not None:
+        _checks.check_step_bias(step_bias, T, Cout, device)
+    if autograd.needed(s, weight4, bias, threshold, v0, residual, residual_scale, step_bias):
         return train.spiking(s, weight4, bias, stride, padding, out_hw, T, constant, threshold, v0, reset,
                              return_state, neuron, residual, residual_scale, v_reset, spike_dtype, surrogate,
-                             detach_reset, backend)
+                             detach_reset, backend, step_bias)
     reset_zero = _checks.check_reset(reset, v_reset)
     thr = _checks.channel_vector(threshold, "threshold", Cout, device, positive=True)
     res_scale = _checks.channel_vector(residual_scale, "residual_scale", Cout, device, positive=False)
@@ -92,6 +94,7 @@ def _spiking(s, weight4, bias, stride, padding, out_hw, threshold, v0, reset, re
     else:
         bias32 = bias.detach().to(torch.float32).contiguous()
     w32 = weight4.detach().to(torch.float32).contiguous()
+    sb32 = None if step_bias is None else step_bias.detach().to(torch.float32).contiguous()
     v = _checks.initial_membrane(v0, thr, out_shape[1:], device) if neuron else None
     name = _dispatch.choose(op_name, device, backend)
     impl = _dispatch._load(IMPLS[name])
@@ -103,13 +106,15 @@ def _spiking(s, weight4, bias, stride, padding, out_hw, threshold, v0, reset, re
     if constant:
         # the input is the same at every step: the conv runs once, only the neuron scans T
         cur = torch.empty((1,) + out_shape[1:], dtype=torch.float32, device=device)
-        impl(s[:1].contiguous(), w32, bias32, stride, padding, thr, None, cur, False, 0.0, None, res_scale, False)
-        if res is None:
-            x = cur.expand(out_shape)
-        else:
+        impl(s[:1].contiguous(), w32, bias32, stride, padding, thr, None, cur, False, 0.0, None, res_scale, False,
+             None)
+        # the per-step terms in the order of reference.currents: conv + (step_bias + α·residual)
+        extra = None if sb32 is None else sb32.view(T, 1, Cout, 1, 1)
+        if res is not None:
             scale = res_scale.view(-1, 1, 1) if res_scale.numel() > 1 else res_scale
-            x = cur + scale * res.view((res.shape[0],) + out_shape[1:]).to(torch.float32)
-            x = x.expand(out_shape)
+            r = scale * res.view((res.shape[0],) + out_shape[1:]).to(torch.float32)
+            extra = r if extra is None else extra + r
+        x = cur.expand(out_shape) if extra is None else (cur + extra).expand(out_shape)
         if not neuron:
             return x
         out, v = if_scan(x, threshold=thr, v0=v, reset=reset, return_state=True, v_reset=v_reset,
@@ -118,7 +123,7 @@ def _spiking(s, weight4, bias, stride, padding, out_hw, threshold, v0, reset, re
 
     out = _checks.new_output(out_shape, spike_dtype if neuron else torch.float32, device)
     impl(s.contiguous(), w32, bias32, stride, padding, thr, None if v is None else v.view(-1), out,
-         reset_zero, float(v_reset), res, res_scale, neuron)
+         reset_zero, float(v_reset), res, res_scale, neuron, sb32)
     return (out, v) if return_state else out
 
 
@@ -142,11 +147,14 @@ def spike_conv2d(
     surrogate: Surrogate | str | None = None,
     detach_reset: bool = False,
     backend: str | None = None,
+    step_bias: torch.Tensor | None = None,
 ):
     """2-D convolution of a spike train fused with the integrate-and-fire neuron.
 
-    Per step t, in float32: ``x_t = conv2d(s_t, weight, bias) + residual_scale * residual_t``,
-    then the IF update of ``sk.if_scan``: ``v += x_t``; spike when ``v >= threshold``; then
+    Per step t, in float32:
+    ``x_t = conv2d(s_t, weight, bias) + (step_bias[t] + residual_scale * residual_t)``
+    (the terms that are given, added in this order; see spike_conv/README.md), then the IF
+    update of ``sk.if_scan``: ``v += x_t``; spike when ``v >= threshold``; then
     ``v -= threshold`` (reset="subtract") or ``v = v_reset`` (reset="zero"). The CPU kernel
     is event-driven (it adds one weight slice per input spike and skips silent inputs); above
     SPIKEKERNELS_CONV_DENSE_DENSITY input density it runs a chunked dense conv instead.
@@ -170,6 +178,16 @@ def spike_conv2d(
             current; ``[1, ...]`` or stride 0 over T when constant) added into the current:
             a residual block's second conv, shortcut and merge neuron in one op.
         residual_scale: weight of the residual: a number or one value per channel ``[Cout]``.
+        step_bias: None, or a bias per time step and output channel ``[T, Cout]`` (float, any
+            float dtype, computed in float32; finite), broadcast over B, H', W': row t is
+            added at step t of this call, so a call covering global steps t0 .. t0+T-1 (a
+            chunk, with ``v0`` from the previous one) takes rows t0 .. t0+T-1 of a schedule.
+            Added together with the residual term, before it meets the conv: the same
+            float32 operations as passing ``step_bias[t][:, None, None] + α·residual_t`` as a
+            float residual with ``residual_scale=1`` (which the kernels would read as a full
+            ``[T, B, Cout, H', W']`` float tensor; here they read ``T * Cout`` floats).
+            TypeError when it is not a float tensor; ValueError for another shape (T is the
+            input's, or ``timesteps``), NaN/Inf, or another device than ``s``.
         timesteps: T for a ``[1, B, ...]`` constant input (None: ``s.shape[0]``).
         v_reset: membrane after a spike when reset="zero".
         spike_dtype: dtype of the spikes (default ``s.dtype``; uint8/bool store one byte).
@@ -178,8 +196,8 @@ def spike_conv2d(
         backend: "auto", "reference", "numba" or "triton" for this call (default:
             SPIKEKERNELS_BACKEND, else auto).
 
-    Gradients: when s, weight, bias, residual or a threshold / residual_scale / v0 tensor
-    requires grad (or under torch.compile), the current is computed with ``F.conv2d`` in
+    Gradients: when s, weight, bias, residual, step_bias or a threshold / residual_scale / v0
+    tensor requires grad (or under torch.compile), the current is computed with ``F.conv2d`` in
     float32 (torch's conv backward gives the input, weight and bias gradients) and the
     neuron runs the surrogate-gradient path of :func:`spikekernels.if_scan`. Spikes are then
     s's dtype when it is a float dtype, else float32.
@@ -211,7 +229,7 @@ def spike_conv2d(
         )
     return _spiking(s, weight, bias, (sh, sw), (ph, pw), (Ho, Wo), threshold, v0, reset, return_state,
                     neuron, residual, residual_scale, timesteps, v_reset, spike_dtype, backend, "spike_conv2d",
-                    surrogate, detach_reset)
+                    surrogate, detach_reset, step_bias)
 
 
 def spike_linear(
@@ -232,11 +250,12 @@ def spike_linear(
     surrogate: Surrogate | str | None = None,
     detach_reset: bool = False,
     backend: str | None = None,
+    step_bias: torch.Tensor | None = None,
 ):
     """Fully connected layer on a spike train fused with the integrate-and-fire neuron.
 
     Same semantics as :func:`spike_conv2d` with a 1x1 kernel on 1x1 images:
-    ``x_t = s_t @ weight.T + bias + residual_scale * residual_t`` then the IF update.
+    ``x_t = (s_t @ weight.T + bias) + (step_bias[t] + residual_scale * residual_t)`` then the IF update.
 
     Args:
         s: input ``[T, B, Fin]``: spikes (float, uint8, bool) or an analog input constant over
@@ -248,6 +267,7 @@ def spike_linear(
             :func:`spike_conv2d` (gradients likewise).
         neuron: False returns the float32 currents ``[T, B, Fout]``.
         residual: None or ``[T, B, Fout]`` added with ``residual_scale`` (number or ``[Fout]``).
+        step_bias: None or ``[T, Fout]``: a bias per time step, as in :func:`spike_conv2d`.
         timesteps: T for a ``[1, B, Fin]`` constant input.
 
     Returns:
@@ -277,7 +297,7 @@ def spike_linear(
             ) from None
     result = _spiking(s[..., None, None], weight[..., None, None], bias, (1, 1), (0, 0), (1, 1), threshold,
                       v0, reset, return_state, neuron, residual, residual_scale, timesteps, v_reset,
-                      spike_dtype, backend, "spike_linear", surrogate, detach_reset)
+                      spike_dtype, backend, "spike_linear", surrogate, detach_reset, step_bias)
     if return_state:
         return result[0].flatten(2), result[1].flatten(1)
     return result.flatten(2)

@@ -11,9 +11,13 @@ Contract shared by every backend (``op.py`` prepares the arguments):
 - ``out``: ``[T, B, Cout, H', W']`` spikes (float, uint8 or bool), or float32 currents when
   ``neuron`` is False; fully overwritten;
 - ``residual``: None, or ``[Tr, B * Cout * H' * W']`` contiguous (uint8 or float32) with
-  Tr in {1, T} (1: constant over T); ``res_scale``: float32 ``[Cout]`` or ``[1]``.
+  Tr in {1, T} (1: constant over T); ``res_scale``: float32 ``[Cout]`` or ``[1]``;
+- ``step_bias``: None, or float32 ``[T, Cout]`` contiguous: a bias per step and channel.
 
-The neuron integrates ``x_t = conv(s_t) + bias + res_scale * residual_t``.
+The neuron integrates ``x_t = (conv(s_t) + bias) + (step_bias[t] + res_scale * residual_t)``
+in float32, in that order (terms not given are left out, not added as zeros); every backend
+computes ``step_bias[t] + res_scale * residual_t`` first, so passing the per-step bias here is
+bit-identical to folding it into a float residual with ``res_scale = 1``.
 """
 
 from __future__ import annotations
@@ -24,20 +28,22 @@ import torch.nn.functional as F
 from ..if_scan.reference import if_scan
 
 
-def currents(s, weight, bias, stride, padding, residual, res_scale) -> torch.Tensor:
+def currents(s, weight, bias, stride, padding, residual, res_scale, step_bias=None) -> torch.Tensor:
     """The float32 input current ``[T, B, Cout, H', W']`` of the neurons, computed densely."""
     T, B = s.shape[:2]
     x = F.conv2d(s.flatten(0, 1).to(torch.float32), weight, bias, stride=stride, padding=padding)
     x = x.view((T, B) + x.shape[1:])
+    extra = None if step_bias is None else step_bias.view(T, 1, -1, 1, 1)
     if residual is not None:
         scale = res_scale.view(-1, 1, 1) if res_scale.numel() > 1 else res_scale
-        x = x + scale * residual.to(torch.float32).view((residual.shape[0], B) + x.shape[2:])
-    return x
+        r = scale * residual.to(torch.float32).view((residual.shape[0], B) + x.shape[2:])
+        extra = r if extra is None else extra + r
+    return x if extra is None else x + extra
 
 
 def spike_conv2d(s, weight, bias, stride, padding, thr, v, out, reset_zero: bool, v_reset: float,
-                 residual, res_scale, neuron: bool) -> None:
-    x = currents(s, weight, bias, stride, padding, residual, res_scale)
+                 residual, res_scale, neuron: bool, step_bias=None) -> None:
+    x = currents(s, weight, bias, stride, padding, residual, res_scale, step_bias)
     T = s.shape[0]
     if not neuron:
         out.copy_(x)

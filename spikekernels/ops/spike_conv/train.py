@@ -37,8 +37,10 @@ def _residual_current(residual, residual_scale, out_shape, device) -> torch.Tens
 def spiking(s, weight4, bias, stride, padding, out_hw, T: int, constant: bool, threshold, v0, reset: str,
             return_state: bool, neuron: bool, residual, residual_scale, v_reset: float,
             spike_dtype: torch.dtype | None, surrogate: Surrogate | str | None, detach_reset: bool,
-            backend: str | None):
-    """``op._spiking`` with gradients for s, weight, bias, residual, residual_scale, threshold and v0.
+            backend: str | None, step_bias: torch.Tensor | None = None):
+    """``op._spiking`` with gradients for s, weight, bias, residual, residual_scale, step_bias,
+    threshold and v0 (``step_bias`` ``[T, Cout]``, already validated: its gradient is torch's
+    broadcast backward, the current's gradient summed over B, H' and W').
 
     Spikes default to s's dtype when it is a float dtype, else float32 (gradients need floats).
     """
@@ -51,8 +53,12 @@ def spiking(s, weight4, bias, stride, padding, out_hw, T: int, constant: bool, t
     x = F.conv2d(frames.flatten(0, 1).to(torch.float32), w, b, stride=stride, padding=padding)
     x = x.view((frames.shape[0], B) + tuple(x.shape[1:]))
     res = _residual_current(residual, residual_scale, out_shape, s.device)
+    # the order of reference.currents: conv + (step_bias + α·residual)
+    extra = None if step_bias is None else step_bias.to(torch.float32).view(T, 1, Cout, 1, 1)
     if res is not None:
-        x = x + res
+        extra = res if extra is None else extra + res
+    if extra is not None:
+        x = x + extra
     if x.shape[0] != T:
         x = x.expand(out_shape)
     if not neuron:

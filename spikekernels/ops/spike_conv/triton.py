@@ -3,8 +3,9 @@
 One program owns a tile of BM output pixels (over B * H' * W') by BN output channels and
 runs all T steps over it: each step gathers the [BM, BK] input patches straight from the
 spike tensor (no im2col buffer), multiplies them with the [BK, BN] weight tile
-(K = Cin * kh * kw) into a float32 accumulator, then adds bias and residual and runs the IF
-update with the membrane held in registers. Only spikes (one byte each with uint8/bool
+(K = Cin * kh * kw) into a float32 accumulator, then adds bias, then the step's row of the
+per-step bias plus the residual (``(acc + b) + (β_t + α·r)``, the reference's order) and runs
+the IF update with the membrane held in registers. Only spikes (one byte each with uint8/bool
 outputs) leave the kernel. Spikes are exact in any float format, so the product is exact up
 to the weight's own format: float32 weights use IEEE float32 products (input_precision
 "ieee", not tf32, so the currents match the reference to float32 rounding as the shared
@@ -35,10 +36,11 @@ def _configs():
 @triton.autotune(configs=_configs(), key=["M", "Cout", "K"])
 @triton.jit(do_not_specialize=["T"])
 def _spike_conv_kernel(
-    s_ptr, w_ptr, b_ptr, thr_ptr, v_ptr, out_ptr, res_ptr, rs_ptr,
+    s_ptr, w_ptr, b_ptr, thr_ptr, v_ptr, out_ptr, res_ptr, rs_ptr, sb_ptr,
     T, M, Cout, K, Cin, H, W, Ho, Wo, KH, KW, SH, SW, PH, PW,
     n_thr, n_rs, stride_rt, v_reset,
-    NEURON: tl.constexpr, HAS_RES: tl.constexpr, RESET_ZERO: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NEURON: tl.constexpr, HAS_RES: tl.constexpr, HAS_SB: tl.constexpr, RESET_ZERO: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     i_m = tl.program_id(0).to(tl.int64)
@@ -81,9 +83,17 @@ def _spike_conv_kernel(
             b_w = tl.load(w_ptr + o_k[:, None] * Cout + o_n[None, :], mask=m_k[:, None] & m_n[None, :], other=0.0)
             b_acc += tl.dot(b_a, b_w, input_precision=DOT_PRECISION)
         b_x = b_acc + b_bias[None, :]
+        if HAS_SB:
+            # row t of the per-step bias [T, Cout]
+            b_sb = tl.load(sb_ptr + t * Cout + o_n, mask=m_n, other=0.0)
         if HAS_RES:
             b_r = tl.load(res_ptr + t * stride_rt + o_out, mask=m_out, other=0).to(tl.float32)
-            b_x = b_x + b_rs[None, :] * b_r
+            if HAS_SB:
+                b_x = b_x + (b_sb[None, :] + b_rs[None, :] * b_r)
+            else:
+                b_x = b_x + b_rs[None, :] * b_r
+        elif HAS_SB:
+            b_x = b_x + b_sb[None, :]
         if NEURON:
             b_v = b_v + b_x
             b_s = b_v >= b_thr[None, :]
@@ -99,7 +109,7 @@ def _spike_conv_kernel(
 
 
 def spike_conv2d(s, weight, bias, stride, padding, thr, v, out, reset_zero: bool, v_reset: float,
-                 residual, res_scale, neuron: bool, weight_dtype: torch.dtype | None = None) -> None:
+                 residual, res_scale, neuron: bool, step_bias=None, weight_dtype: torch.dtype | None = None) -> None:
     T, B, Cin, H, W = s.shape
     Cout, _, kh, kw = weight.shape
     Ho, Wo = out.shape[3:]
@@ -116,9 +126,9 @@ def spike_conv2d(s, weight, bias, stride, padding, thr, v, out, reset_zero: bool
     v_arg = v if v is not None else bias
     grid = lambda meta: (triton.cdiv(M, meta["BM"]), triton.cdiv(Cout, meta["BN"]))
     _spike_conv_kernel[grid](
-        s, w_kc, bias, thr, v_arg, o, res, res_scale,
+        s, w_kc, bias, thr, v_arg, o, res, res_scale, bias if step_bias is None else step_bias,
         T, M, Cout, K, Cin, H, W, Ho, Wo, kh, kw, stride[0], stride[1], padding[0], padding[1],
         thr.numel(), res_scale.numel(), stride_rt, float(v_reset),
-        NEURON=neuron, HAS_RES=has_res, RESET_ZERO=reset_zero,
+        NEURON=neuron, HAS_RES=has_res, HAS_SB=step_bias is not None, RESET_ZERO=reset_zero,
         DOT_PRECISION="ieee" if w_kc.dtype == torch.float32 else None,
     )
