@@ -137,7 +137,9 @@ def _conversion_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-subset", type=_positive, default=CALIB_SUBSET,
                    help="calibration images simulated by the layer-by-layer calibration")
     p.add_argument("--readout", default="membrane", choices=["membrane", "spikes"], help="output readout")
-    p.add_argument("--per-channel", action="store_true", help="one scale λ per channel instead of per layer")
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
+                   help="one scale λ per channel instead of per layer (default: on for --method lowlat, off for "
+                   "s-resnet)")
     p.add_argument("--no-shortcut-norm", action="store_true", help="ablation: naive per-layer normalization of residual sums")
 
 

@@ -288,7 +288,7 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
              num_classes: int | None = None, calib_data=None, preprocess: str | Preprocess | None = None,
              limit: int | None = None, batch_size: int = 32, workers: int = 0, backend: str | None = None,
              calib_size: int = 1000, percentile: float | str = 99.9, shortcut: str = "A", compensation="auto",
-             readout: str = "membrane", per_channel: bool = False, shortcut_norm: bool = True,
+             readout: str = "membrane", per_channel: bool | None = None, shortcut_norm: bool = True,
              progress: bool = False, cost: bool = False, calib_timesteps: int = CALIB_TIMESTEPS,
              calib_subset: int = CALIB_SUBSET, method: str = "lowlat", horizon: int | None = None,
              readout_delay: float | None = None, process_group=None, diagnose: int = 0) -> dict:
@@ -391,7 +391,7 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "calib_size": int(calib.shape[0]),
         "percentile": percentile,
-        "per_channel": per_channel,
+        "per_channel": snn.info["per_channel"],
         "shortcut_norm": shortcut_norm,
         "compensation": compensation if isinstance(compensation, (str, type(None))) else "user",
         "readout": readout,

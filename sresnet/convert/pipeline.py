@@ -126,7 +126,7 @@ def convert(
     readout_delay: float | None = None,
     neuron: str = "if",
     max_spikes: int = 1,
-    per_channel: bool = False,
+    per_channel: bool | None = None,
     compensation: str | None | Mapping[str, float] | Sequence[float] = "auto",
     readout: str = "membrane",
     shortcut_norm: bool = True,
@@ -179,7 +179,10 @@ def convert(
             ``bits_per_neuron_step``); they need ``method="s-resnet"`` (the bias schedule is
             calibrated for binary IF neurons) and no gated max pool after the stem.
         max_spikes: spikes per step of a burst neuron (>= 1).
-        per_channel: one λ per channel instead of one per site.
+        per_channel: one λ per channel instead of one per site; None: the method's default
+            (True for "lowlat", where it was measured better at every T <= 64 on ResNet-56
+            and at T = 8 on ResNet-20, docs/accuracy.md; False for "s-resnet", the paper's
+            per-layer λ).
         compensation: "auto": the method's calibration (for "s-resnet" the calibrated
             per-channel bias correction of :mod:`sresnet.convert.compensate`); None/"off":
             none (v0 = θ/2 only). Method "s-resnet" also takes "bias", "scale",
@@ -226,6 +229,10 @@ def convert(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     delay = _check_method(method, horizon, compensation, readout_delay)
+    if per_channel is None:
+        per_channel = method == "lowlat"
+    elif not isinstance(per_channel, bool):
+        raise TypeError(f"per_channel must be True, False or None (the method's default), got {per_channel!r}")
     kind = Neuron(kind=neuron, max_spikes=max_spikes).kind  # validates both
     if kind != "if" and method != "s-resnet":
         raise ValueError(f"neuron={neuron!r} needs method='s-resnet' (the low-latency bias schedule is calibrated "

@@ -63,7 +63,8 @@ def test_normalized_network_equals_ann(kind, percentile, per_channel):
 
 def test_shortcut_scales_follow_the_paper():
     model = make("tiny_A_functional")
-    snn = sresnet.convert(model, _images(8, 8), compensation=None)
+    # the paper's rule for per-layer λ (lowlat's per-channel λ: test_per_channel_shortcut_scales)
+    snn = sresnet.convert(model, _images(8, 8), compensation=None, per_channel=False)
     sc = snn.scales
     names = [l.name for l in snn.layers]
     # block 1: sites stem (x), block conv1 (a), merge (y); identity shortcut enters with λx/λy
@@ -80,8 +81,8 @@ def test_shortcut_scales_follow_the_paper():
 def test_shortcut_norm_off_is_naive():
     model = make("tiny_A_functional")
     x = _images(8, 8)
-    good = sresnet.convert(model, x, compensation=None)
-    naive = sresnet.convert(model, x, compensation=None, shortcut_norm=False)
+    good = sresnet.convert(model, x, compensation=None, per_channel=False)
+    naive = sresnet.convert(model, x, compensation=None, shortcut_norm=False, per_channel=False)
     assert float(naive.layers[2].others[0].scale) == 1.0
     assert not torch.allclose(naive.layers[2].main.weight, good.layers[2].main.weight)
 
@@ -182,7 +183,7 @@ def test_bad_arguments():
 def test_user_factors_multiply_the_layer_input():
     model = make("tiny_A_functional")
     x = _images(4, 8)
-    base = sresnet.convert(model, x, compensation=None)
+    base = sresnet.convert(model, x, method="s-resnet", compensation=None)
     scaled = sresnet.convert(model, x, method="s-resnet", compensation=[1.0, 2.0, 1.0, 1.0, 1.0])
     assert torch.allclose(scaled.layers[1].main.weight, 2 * base.layers[1].main.weight)
     assert torch.equal(scaled.layers[0].main.weight, base.layers[0].main.weight)

@@ -67,3 +67,17 @@ def test_search_needs_timesteps():
     program_like = None
     with pytest.raises(ValueError, match="search_timesteps"):
         obs.observe(program_like, torch.zeros(1, 3, 8, 8), percentile="search", per_channel=False, batch_size=4)
+
+
+def test_per_channel_default_follows_the_method():
+    model = make("tiny_A_functional").eval()
+    calib = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    kw = dict(calib_timesteps=4, horizon=4, calib_subset=4)
+    low = sresnet.convert(model, calib, **kw)
+    paper = sresnet.convert(model, calib, method="s-resnet", **kw)
+    assert low.info["per_channel"] is True and paper.info["per_channel"] is False
+    site = next(k for k, v in low.scales.items() if k != "output")
+    assert low.scales[site].dim() == 1 and paper.scales[site].dim() == 0
+    assert sresnet.convert(model, calib, per_channel=False, **kw).scales[site].dim() == 0
+    with pytest.raises(TypeError, match="per_channel"):
+        sresnet.convert(model, calib, per_channel="yes", **kw)
