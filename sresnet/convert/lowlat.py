@@ -51,66 +51,70 @@ def _values(key: torch.Tensor) -> torch.Tensor:
     return i.to(torch.int32).view(torch.float32)
 
 
-# pivots per row and round of :func:`kth_largest`: each round narrows the key interval
-# PIVOTS + 1-fold, so a 2**32-wide interval takes 4 rounds (one all-reduce each)
+# pivots per searched position and round of :func:`kth_largest`: each round narrows the key
+# interval (PIVOTS + 1)-fold, so the 2**32 keys of float32 take 4 rounds (one all-reduce each)
 PIVOTS = 255
+_KEY_LO = -0x7F800000 - 1  # the key of -inf
+_KEY_HI = 0x7F800000  # the key of +inf
 
 
 def kth_largest(u: torch.Tensor, k: torch.Tensor, shard) -> torch.Tensor:
-    """The k-th largest value per row of the union of every rank's ``u``, exactly.
+    """The k-th largest values per row of the union of every rank's ``u``, exactly.
 
     Args:
         u: this rank's values ``[R, m]`` float32 (m >= 1; no NaN).
-        k: ``[R]`` int64 in [1, M], M the total row length over the ranks.
+        k: ``[R]`` or ``[R, J]`` int64 in [1, M], M the total row length over the ranks.
         shard: a :class:`sresnet.distributed.Shard`.
 
     Returns:
-        ``[R]`` float32, a value of the union: the one a sort of the whole rows would put at
-        position k. Found by a (PIVOTS+1)-ary search on the values' ordered bit patterns:
-        per round, the counts ``#(u >= x)`` at PIVOTS evenly spaced keys x of the current
-        interval, summed over the ranks by one integer all-reduce (about 4 rounds, so the
-        latency of the collectives stays small and no values travel).
+        float32 shaped like ``k``: the values a descending sort of the whole rows would put
+        at positions k (-0.0 is returned as +0.0, an equal value). Found by a
+        (PIVOTS+1)-ary search on the values' ordered bit patterns: per round, the counts
+        ``#(u >= x)`` at PIVOTS evenly spaced keys x of each interval, summed over the ranks
+        by one integer all-reduce (4 rounds for any data, the same on every rank; no
+        values travel).
     """
-    srt = _keys(u).sort(dim=1).values
+    R = u.shape[0]
+    kk = k.view(R, -1)
+    J = kk.shape[1]
+    srt = (u + 0.0).sort(dim=1).values  # + 0.0 turns -0.0 into +0.0: keys ascend with the floats
     m = srt.shape[1]
-    lo = shard.reduce(srt[:, 0].contiguous(), "min")  # #(u >= lo) = M >= k
-    hi = shard.reduce(srt[:, -1].contiguous(), "max")
+    lo = torch.full((R, J), _KEY_LO, dtype=torch.int64)  # #(u >= -inf) = M >= k
+    hi = torch.full((R, J), _KEY_HI, dtype=torch.int64)
     steps = torch.arange(1, PIVOTS + 1, dtype=torch.int64)
-    # invariant: the answer (the largest x with #(u >= x) >= k) lies in [lo, hi]; every rank
-    # holds the same lo, hi, so all run the same number of rounds
+    # invariant: the answer (the largest key x with #(u >= x) >= k) lies in [lo, hi]
     while bool((lo < hi).any()):
         width = hi - lo
-        # PIVOTS distinct keys in (lo, hi] where the interval is wide, else every key of it
-        piv = lo[:, None] + (width[:, None] * steps + PIVOTS) // (PIVOTS + 1)
-        piv = torch.minimum(piv, hi[:, None])
-        below = torch.searchsorted(srt, piv)
-        ok = shard.reduce(m - below) >= k[:, None]  # [R, PIVOTS], True then False along a row
-        n_ok = ok.sum(1)
-        top = piv.gather(1, (n_ok - 1).clamp_min(0).view(-1, 1)).squeeze(1)
-        nxt = piv.gather(1, n_ok.clamp_max(PIVOTS - 1).view(-1, 1)).squeeze(1)
-        # the answer is >= the last pivot that still counts k, and < the first that does not
+        # PIVOTS keys in (lo, hi], evenly spaced (repeats where the interval is narrow)
+        piv = torch.minimum(lo[..., None] + (width[..., None] * steps + PIVOTS) // (PIVOTS + 1), hi[..., None])
+        below = torch.searchsorted(srt, _values(piv).view(R, J * PIVOTS)).view(R, J, PIVOTS)
+        ok = shard.reduce(m - below) >= kk[..., None]  # True then False along the pivots
+        n_ok = ok.sum(-1, keepdim=True)
+        top = piv.gather(-1, (n_ok - 1).clamp_min(0)).squeeze(-1)
+        nxt = piv.gather(-1, n_ok.clamp_max(PIVOTS - 1)).squeeze(-1)
+        n_ok = n_ok.squeeze(-1)
+        # the answer is >= the last pivot that still counts k and < the first that does not
         lo = torch.where(n_ok > 0, top, lo)
-        hi = torch.where(n_ok < PIVOTS, nxt - 1, hi)
-        hi = torch.maximum(hi, lo)
-    return _values(lo)
+        hi = torch.maximum(torch.where(n_ok < PIVOTS, nxt - 1, hi), lo)
+    return _values(lo).view(k.shape)
 
 
-def _order_stats(u: torch.Tensor, k: torch.Tensor, shard) -> tuple:
-    """The k-th and (k+1)-th largest u per channel (+inf for k = 0, -inf past M)."""
+def _order_stats(u: torch.Tensor, k: torch.Tensor, shard, M: int) -> tuple:
+    """The k-th and (k+1)-th largest u per channel (+inf for k = 0, -inf past M, the number
+    of values per channel over all ranks)."""
     C = u.shape[0]
     if shard is None or not shard.active:
         srt = torch.sort(u, dim=1, descending=True).values
         inf = torch.full((C, 1), float("inf"), dtype=u.dtype, device=u.device)
         padded = torch.cat([inf, srt, -inf], 1)
         return padded.gather(1, k.view(-1, 1)).squeeze(1), padded.gather(1, (k + 1).view(-1, 1)).squeeze(1)
-    M = shard.reduce(torch.tensor(u.shape[1], dtype=torch.int64))
-    both = torch.cat([k, k + 1])
-    vals = kth_largest(torch.cat([u, u]), both.clamp(1, int(M)), shard)
+    both = torch.stack([k, k + 1], 1)  # [C, 2]
+    vals = kth_largest(u, both.clamp(1, M), shard)
     vals = torch.where(both < 1, float("inf"), torch.where(both > M, -float("inf"), vals))
-    return vals[:C], vals[C:]
+    return vals[:, 0], vals[:, 1]
 
 
-def step_bias(u: torch.Tensor, k: torch.Tensor, shard=None) -> torch.Tensor:
+def step_bias(u: torch.Tensor, k: torch.Tensor, shard=None, total: int | None = None) -> torch.Tensor:
     """The smallest-magnitude bias per channel with which exactly ``k`` values reach 1.
 
     Args:
@@ -119,6 +123,7 @@ def step_bias(u: torch.Tensor, k: torch.Tensor, shard=None) -> torch.Tensor:
         shard: a :class:`sresnet.distributed.Shard` whose ranks each hold a share of the M
             neurons (``k`` counts over all of them); every rank gets the same ``b``, the one
             one process computes from the whole ``u``.
+        total: with ``shard``, M over all ranks when the caller knows it (saves an all-reduce).
 
     Returns:
         ``b`` ``[C]`` float32: ``u + b >= 1`` holds for the k largest u of each channel and for
@@ -126,7 +131,11 @@ def step_bias(u: torch.Tensor, k: torch.Tensor, shard=None) -> torch.Tensor:
         The admissible interval is ``[1 - u_(k), 1 - u_(k+1))`` (u sorted in decreasing order,
         u_(0) = +inf, u_(M+1) = -inf); ``b`` is its point nearest 0.
     """
-    kth, nxt = _order_stats(u, k, shard)
+    if shard is None or not shard.active:
+        M = u.shape[1]
+    else:
+        M = total if total is not None else int(shard.reduce(torch.tensor(u.shape[1])))
+    kth, nxt = _order_stats(u, k, shard, M)
     lo, hi = 1.0 - kth, 1.0 - nxt
     # 1 - u is rounded: step to the neighbouring floats until u_(k) + lo reaches the threshold
     # and u_(k+1) + hi stays under it in float32
@@ -187,7 +196,7 @@ def schedule_for(x: torch.Tensor, target: torch.Tensor, shard=None) -> torch.Ten
     b = torch.empty(H, C)
     for t in range(H):
         k = ((t + 1) * wanted - emitted).round().clamp(0, M).long()
-        bt = step_bias(v + xs[t], k, shard)
+        bt = step_bias(v + xs[t], k, shard, M)
         b[t] = bt
         # as a run adds them: the bias joins the current before the membrane (the count kept
         # here can still differ from the run's by near-threshold rounding)
