@@ -189,9 +189,10 @@ def compensate(snn, program, scales, images, method: str, raw, *, timesteps: int
         return {}
     images = images[:subset]
     n = images.shape[0]
-    targets = ann_targets(program, scales, images, batch_size, shard)
     if shard is not None and shard.active:
         _check_share(n, shard, "calib_subset")
+    targets = ann_targets(program, scales, images, batch_size, shard)
+    if shard is not None and shard.active:
         images = images[shard.block(n)]
     T = timesteps
     # the chunk one process would use for all n images: the same steps go together on every rank

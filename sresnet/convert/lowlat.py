@@ -237,9 +237,10 @@ def calibrate_schedule(snn, program, scales: dict, images: torch.Tensor, horizon
             reset) the count matching assumes; fewer images than ranks.
     """
     n = images.shape[0]
-    targets = ann_targets(program, scales, images, batch_size, shard)
     if shard is not None and shard.active:
         _check_share(n, shard, "calib_subset")
+    targets = ann_targets(program, scales, images, batch_size, shard)
+    if shard is not None and shard.active:
         images = images[shard.block(n)]
     # the chunk one process would use for all n images: the same steps go together on every rank
     chunk = min(horizon, snn.default_chunk(n, tuple(images.shape[2:])))

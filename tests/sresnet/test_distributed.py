@@ -71,3 +71,19 @@ def test_conversion_bit_identical_on_two_processes(tmp_path, method, subset):
     single = _dist_tasks.network(**kw)
     for r in launch(2, "network", tmp_path, **kw):
         assert_same_tree(single, r)
+
+
+@pytest.mark.parametrize("method", ["lowlat", "s-resnet"])
+def test_more_processes_than_calibration_images_is_refused(method):
+    import sresnet
+    from sresnet.convert import compensate, lowlat
+
+    snn = sresnet.convert(_dist_tasks.make("tiny_A_functional").eval(), _dist_tasks._calib(8), method=method,
+                          compensation=None, calib_timesteps=4)
+    five = Shard(rank=0, world=5)  # checked before any collective runs
+    with pytest.raises(ValueError, match=r"5 processes share 4 calibration images \(calib_subset\)"):
+        if method == "lowlat":
+            lowlat.calibrate_schedule(snn, None, snn.scales, _dist_tasks._calib(4), 4, shard=five)
+        else:
+            compensate.compensate(snn, None, snn.scales, _dist_tasks._calib(4), "bias", None, timesteps=4,
+                                  subset=4, batch_size=4, shard=five)
