@@ -28,6 +28,8 @@ step-to-step jitter of the count matching.
 
 from __future__ import annotations
 
+import numba
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -99,15 +101,35 @@ def kth_largest(u: torch.Tensor, k: torch.Tensor, shard) -> torch.Tensor:
     return _values(lo).view(k.shape)
 
 
+@numba.njit(parallel=True, cache=True)
+def _kth_pair(u, k, kth, nxt):  # pragma: no cover - compiled
+    """Per row c of ``u`` [C, M]: the k[c]-th and (k[c]+1)-th largest values (+inf for
+    k = 0, -inf past M), by one O(M) selection (a sort is O(M log M) and was three quarters
+    of the calibration time)."""
+    C, M = u.shape
+    for c in numba.prange(C):
+        kc = k[c]
+        if kc == 0:
+            kth[c] = np.inf
+            nxt[c] = u[c].max()
+        elif kc == M:
+            kth[c] = u[c].min()
+            nxt[c] = -np.inf
+        else:
+            # a copy with the (M - kc)-th smallest in place and only smaller-or-equal values before it
+            row = np.partition(u[c], M - kc)
+            kth[c] = row[M - kc]
+            nxt[c] = row[: M - kc].max()
+
+
 def _order_stats(u: torch.Tensor, k: torch.Tensor, shard, M: int) -> tuple:
     """The k-th and (k+1)-th largest u per channel (+inf for k = 0, -inf past M, the number
     of values per channel over all ranks)."""
     C = u.shape[0]
     if shard is None or not shard.active:
-        srt = torch.sort(u, dim=1, descending=True).values
-        inf = torch.full((C, 1), float("inf"), dtype=u.dtype, device=u.device)
-        padded = torch.cat([inf, srt, -inf], 1)
-        return padded.gather(1, k.view(-1, 1)).squeeze(1), padded.gather(1, (k + 1).view(-1, 1)).squeeze(1)
+        kth, nxt = np.empty(C, np.float32), np.empty(C, np.float32)
+        _kth_pair(np.ascontiguousarray(u.numpy()), k.numpy(), kth, nxt)
+        return torch.from_numpy(kth), torch.from_numpy(nxt)
     both = torch.stack([k, k + 1], 1)  # [C, 2]
     vals = kth_largest(u, both.clamp(1, M), shard)
     vals = torch.where(both < 1, float("inf"), torch.where(both > M, -float("inf"), vals))

@@ -185,3 +185,23 @@ def test_bad_method_arguments():
         sresnet.convert(model, x, readout_delay=1.0)
     with pytest.raises(ValueError, match="compensation='scale' applies to method='s-resnet'"):
         sresnet.convert(model, x, compensation="scale")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_order_statistics_by_selection_equal_a_sort(seed):
+    # the one-process path selects (O(M)); a descending sort padded with +-inf is the definition
+    from sresnet.convert.lowlat import _order_stats
+
+    g = torch.Generator().manual_seed(seed)
+    C, M = 9, 257
+    u = torch.randn(C, M, generator=g)
+    u[0] = u[0].round()  # ties
+    u[1, :100] = 0.0
+    k = torch.randint(0, M + 1, (C,), generator=g)
+    k[2], k[3] = 0, M  # the ends: nothing fires / everything fires
+    srt = torch.sort(u, dim=1, descending=True).values
+    inf = torch.full((C, 1), float("inf"))
+    padded = torch.cat([inf, srt, -inf], 1)
+    kth, nxt = _order_stats(u, k, None, M)
+    assert torch.equal(kth, padded.gather(1, k.view(-1, 1)).squeeze(1))
+    assert torch.equal(nxt, padded.gather(1, (k + 1).view(-1, 1)).squeeze(1))
