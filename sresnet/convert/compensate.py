@@ -143,10 +143,20 @@ def _run_layer(snn, i: int, outs_full: list, T: int, chunk: int, images: torch.T
     return out, rate
 
 
-def _check_share(n: int, shard, what: str) -> None:
-    if n < shard.world:
-        raise ValueError(f"{shard.world} processes share {n} calibration images ({what}): every process needs at "
-                         f"least one; pass more calibration images or run at most {n} processes")
+def targets_and_share(program, scales: dict, images: torch.Tensor, batch_size: int, shard) -> tuple:
+    """The ANN targets of :func:`ann_targets` over all ``images`` and this rank's contiguous
+    share of them for the layer-by-layer simulation (all of them without ``shard``).
+
+    Raises:
+        ValueError: fewer images than ranks (checked before any collective runs).
+    """
+    n = images.shape[0]
+    active = shard is not None and shard.active
+    if active and n < shard.world:
+        raise ValueError(f"{shard.world} processes share {n} calibration images (calib_subset): every process "
+                         f"needs at least one; pass more calibration images or run at most {n} processes")
+    targets = ann_targets(program, scales, images, batch_size, shard)
+    return targets, images[shard.block(n)] if active else images
 
 
 def apply_factors(snn, factors) -> None:
@@ -189,11 +199,7 @@ def compensate(snn, program, scales, images, method: str, raw, *, timesteps: int
         return {}
     images = images[:subset]
     n = images.shape[0]
-    if shard is not None and shard.active:
-        _check_share(n, shard, "calib_subset")
-    targets = ann_targets(program, scales, images, batch_size, shard)
-    if shard is not None and shard.active:
-        images = images[shard.block(n)]
+    targets, images = targets_and_share(program, scales, images, batch_size, shard)
     T = timesteps
     # the chunk one process would use for all n images: the same steps go together on every rank
     chunk = min(T, snn.default_chunk(n, tuple(images.shape[2:])))

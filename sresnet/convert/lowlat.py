@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from ..executor import Executor
-from .compensate import _check_share, ann_targets
+from .compensate import targets_and_share
 
 DEFAULT_HORIZON = 64
 # measured best fraction of T skipped by the readout with the schedule (docs/accuracy.md)
@@ -259,11 +259,7 @@ def calibrate_schedule(snn, program, scales: dict, images: torch.Tensor, horizon
             reset) the count matching assumes; fewer images than ranks.
     """
     n = images.shape[0]
-    if shard is not None and shard.active:
-        _check_share(n, shard, "calib_subset")
-    targets = ann_targets(program, scales, images, batch_size, shard)
-    if shard is not None and shard.active:
-        images = images[shard.block(n)]
+    targets, images = targets_and_share(program, scales, images, batch_size, shard)
     # the chunk one process would use for all n images: the same steps go together on every rank
     chunk = min(horizon, snn.default_chunk(n, tuple(images.shape[2:])))
     stems = snn.stem_currents(images)
