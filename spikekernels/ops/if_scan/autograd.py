@@ -152,7 +152,7 @@ def start_membrane(v0, thr: Tensor, state_shape: Sequence[int], device: torch.de
             raise ValueError(f"v0 has shape {tuple(v0.shape)}, not broadcastable to the state shape {state_shape} "
                              "(the input shape without T)")
         v = v0.to(torch.float32).expand(state_shape).reshape(-1)
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(v).all()):
+        if not torch.compiler.is_compiling() and not _checks.all_finite(v):
             raise ValueError("v0 contains NaN or Inf")
         return v
     return _checks.initial_membrane(v0, thr.detach(), state_shape, device).view(-1)

@@ -172,7 +172,7 @@ def spike_max_pool2d(
         cnt = count.detach().to(torch.float32).contiguous()
         if cnt.data_ptr() == count.data_ptr():
             cnt = cnt.clone()
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(cnt).all()):
+        if not torch.compiler.is_compiling() and not _checks.all_finite(cnt):
             raise ValueError("count contains NaN or Inf")
     if needed(s):
         out, cnt = train.max_pool(s, cnt, geom, ho, wo)
