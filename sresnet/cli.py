@@ -141,6 +141,20 @@ def _conversion_options(p: argparse.ArgumentParser) -> None:
                    help="one scale λ per channel instead of per layer (default: on for --method lowlat, off for "
                    "s-resnet)")
     p.add_argument("--no-shortcut-norm", action="store_true", help="ablation: naive per-layer normalization of residual sums")
+    p.add_argument("--weight-calibration", type=_ridge, nargs="?", const=True, default=False, metavar="RIDGE",
+                   help="lowlat, opt-in: refit each layer's weights to the spike rates it receives (least squares "
+                        "against the ANN's current, ridge RIDGE towards the converted weights; the flag alone: "
+                        "the default ridge)")
+
+
+def _ridge(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a ridge strength > 0, got {text!r}")
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a ridge strength > 0, got {text!r}")
+    return v
 
 
 def _fraction(text: str) -> float:
@@ -161,7 +175,7 @@ def _conversion_kwargs(args) -> dict:
                 percentile=args.percentile, per_channel=args.per_channel,
                 compensation=None if args.compensation == "off" else args.compensation, readout=args.readout,
                 shortcut_norm=not args.no_shortcut_norm, calib_timesteps=args.calib_timesteps,
-                calib_subset=args.calib_subset)
+                calib_subset=args.calib_subset, weight_calibration=args.weight_calibration)
 
 
 def _preprocess(args: argparse.Namespace) -> Preprocess:

@@ -291,7 +291,8 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
              readout: str = "membrane", per_channel: bool | None = None, shortcut_norm: bool = True,
              progress: bool = False, cost: bool = False, calib_timesteps: int = CALIB_TIMESTEPS,
              calib_subset: int = CALIB_SUBSET, method: str = "lowlat", horizon: int | None = None,
-             readout_delay: float | None = None, process_group=None, diagnose: int = 0) -> dict:
+             readout_delay: float | None = None, weight_calibration: bool | float | None = False,
+             process_group=None, diagnose: int = 0) -> dict:
     """Load a network and data, convert with calibration images, and measure ANN and SNN accuracy.
 
     Args:
@@ -316,7 +317,7 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
         backend: spikekernels backend; calib_size: calibration images (the first ones;
             ImageFolders: the classes in turn).
         percentile, shortcut, compensation, readout, per_channel, shortcut_norm,
-            calib_timesteps, calib_subset, method, horizon, readout_delay: see
+            calib_timesteps, calib_subset, method, horizon, readout_delay, weight_calibration: see
             :func:`sresnet.convert`; ``horizon=None`` is the largest T: the schedule serves
             each T <= horizon as if calibrated for it alone, so every reported T is calibrated
             (steps past a horizon reuse a steady bias, which can cost accuracy: tv ResNet-18 at
@@ -367,7 +368,7 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
     snn = convert(ann, calib, percentile, per_channel=per_channel, compensation=compensation, readout=readout,
                   shortcut_norm=shortcut_norm, calib_timesteps=calib_timesteps, calib_subset=calib_subset,
                   progress=progress, method=method, horizon=horizon, readout_delay=readout_delay,
-                  process_group=process_group)
+                  weight_calibration=weight_calibration, process_group=process_group)
     convert_s = time.perf_counter() - t0
     result = evaluate_snn(ann, snn, batches, timesteps=ts, batch_size=batch_size, backend=backend,
                           progress=progress, cost=cost, process_group=process_group)
@@ -398,6 +399,7 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
         "method": method,
         "horizon": horizon if method == "lowlat" else None,
         "readout_delay": snn.network.readout.delay_fraction,
+        "weight_calibration": snn.info.get("weight_calibration"),
         "calib_timesteps": calib_timesteps,
         "calib_subset": min(calib_subset, int(calib.shape[0])),
         "backend": backend or "auto",

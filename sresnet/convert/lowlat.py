@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from ..executor import Executor
+from . import weights
 from .compensate import targets_and_share
 
 DEFAULT_HORIZON = 64
@@ -231,7 +232,7 @@ def schedule_for(x: torch.Tensor, target: torch.Tensor, shard=None) -> torch.Ten
 
 
 def calibrate_schedule(snn, program, scales: dict, images: torch.Tensor, horizon: int, *, batch_size: int = 128,
-                       progress: bool = False, shard=None) -> dict:
+                       progress: bool = False, shard=None, weight_ridge: float | None = None) -> dict:
     """Give every neuron layer of ``snn`` a bias schedule ``[horizon + 1, C]`` (in place).
 
     Args:
@@ -249,6 +250,11 @@ def calibrate_schedule(snn, program, scales: dict, images: torch.Tensor, horizon
             on ResNet-20) and of spikekernels' CPU kernels while a layer's input density stays
             on one side of their dense-path switch (SPIKEKERNELS_CONV_DENSE_DENSITY, 0.4,
             estimated per call) in every share.
+        weight_ridge: opt-in layer-wise weight calibration: before its schedule, each layer's
+            main conv/linear weight is refitted to the spike rates of the calibrated layers
+            below (:mod:`sresnet.convert.weights`, ridge ``weight_ridge``). The refit uses the
+            rates over the whole horizon, so a network calibrated with it for H is no longer
+            the one calibrated for each T' < H alone (the schedule alone is).
 
     Returns:
         ``{layer name: schedule [H + 1, C]}``, also stored as each layer's
@@ -263,8 +269,11 @@ def calibrate_schedule(snn, program, scales: dict, images: torch.Tensor, horizon
     # the chunk one process would use for all n images: the same steps go together on every rank
     chunk = min(horizon, snn.default_chunk(n, tuple(images.shape[2:])))
     stems = snn.stem_currents(images)
+    # the ANN's activations over λ in the converted description, before any refit
+    acts = Executor(snn.network).analog_layers(images) if weight_ridge is not None else None
     outs: list = [None] * len(snn.layers)
     applied = {}
+    refits = {}
     bar = tqdm(snn.layers, desc=f"bias schedule (H={horizon})", unit="layer", disable=not progress, leave=False)
     for i, layer in enumerate(bar):
         if layer.kind != "maxpool":
@@ -273,6 +282,9 @@ def calibrate_schedule(snn, program, scales: dict, images: torch.Tensor, horizon
             if not nrn.default:
                 raise ValueError(f"layer {layer.name!r}: the bias schedule is calibrated for the plain IF neuron "
                                  "(threshold 1, v0 = θ/2, subtract reset); this one differs")
+            if weight_ridge is not None and weights.calibratable(layer):
+                src = layer.main.source
+                refits[layer.name] = weights.refit(layer, outs[src], acts[src], horizon, weight_ridge, shard)
             x = _layer_inputs(snn, i, outs, horizon, chunk, stems.get(i))
             b = schedule_for(x, targets[layer.name], shard)
             steady = b[horizon - max(1, horizon // 4) :].mean(0, keepdim=True)
@@ -282,4 +294,8 @@ def calibrate_schedule(snn, program, scales: dict, images: torch.Tensor, horizon
         outs[i] = _run(snn, i, outs, horizon, chunk, stems.get(i))
         for j in snn._free[i]:
             outs[j] = None
+            if acts is not None:
+                acts[j] = None
+    if weight_ridge is not None:
+        snn.info["weight_refits"] = refits
     return applied

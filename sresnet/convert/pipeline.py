@@ -12,7 +12,7 @@ import torch.nn as nn
 from ..network import READOUTS, Neuron, Readout
 from ..simulate import SpikingNetwork
 from . import compensate as comp
-from . import lowlat
+from . import lowlat, weights
 from .fold import fold_batchnorm, split_call_sites
 from ..distributed import shard_from
 from .fuse import pool_analog_stem
@@ -137,6 +137,7 @@ def convert(
     seed: int = 0,
     progress: bool = False,
     analog_stem_pool: bool = True,
+    weight_calibration: bool | float | None = False,
     process_group=None,
 ) -> SpikingNetwork:
     """Convert a trained ReLU network (e.g. a ResNet) into a spiking network (S-ResNet).
@@ -199,6 +200,15 @@ def convert(
         analog_stem_pool: move a max pool that directly follows the stem neuron in front of it
             (exact: the stem's current is constant over T, see :mod:`sresnet.convert.fuse`);
             False keeps a gated spiking max pool there, as the paper does.
+        weight_calibration: opt-in, "lowlat" only: before its bias schedule, refit each
+            layer's main conv/linear weight to the spike rates it receives from the calibrated
+            layers below (least squares against the ANN's current, ridge regression towards
+            the converted weight; :mod:`sresnet.convert.weights`, after SNN Calibration's
+            advanced calibration). True: ridge :data:`sresnet.convert.weights.DEFAULT_RIDGE`;
+            a float: that ridge (> 0; larger stays closer to the converted weights);
+            False/None: off. The refit uses the rates over the whole ``horizon``, so the
+            network is no longer the one calibrated for each shorter T alone.
+            docs/accuracy.md measures it.
         process_group: an initialized ``torch.distributed`` group (default: the default group
             when one is initialized, e.g. under torchrun). The ranks share the observation of
             the calibration batches and the layer-by-layer calibration (each simulates a
@@ -238,6 +248,11 @@ def convert(
         raise ValueError(f"neuron={neuron!r} needs method='s-resnet' (the low-latency bias schedule is calibrated "
                          "for binary IF neurons)")
     comp_method = comp.check_compensation(compensation)
+    ridge = weights.check_ridge(weight_calibration)
+    if ridge is not None and (method != "lowlat" or comp_method == "off"):
+        raise ValueError(f"weight_calibration={weight_calibration!r} runs inside the low-latency calibration: it needs "
+                         f"method='lowlat' with compensation 'auto' (got method={method!r}, "
+                         f"compensation={compensation!r})")
     calib_images = calib_images.detach().float().cpu()
     shard = shard_from(process_group)
     with torch.no_grad():
@@ -262,6 +277,8 @@ def convert(
                     folded_batchnorms=folded, analog_stem_pools=pooled, size_specific=list(program.size_specific))
         if method == "lowlat":
             info["horizon"] = horizon
+        if ridge is not None:
+            info["weight_calibration"] = ridge
         if kind != "if":
             if any(l.kind == "maxpool" for l in layers):
                 raise ValueError(f"neuron={neuron!r}: the network has a gated spiking max pool, which is defined for "
@@ -278,5 +295,5 @@ def convert(
                             progress=progress, shard=shard)
         elif comp_method != "off":
             lowlat.calibrate_schedule(snn, program, scales, calib_images[:calib_subset], horizon,
-                                      batch_size=batch_size, progress=progress, shard=shard)
+                                      batch_size=batch_size, progress=progress, shard=shard, weight_ridge=ridge)
         return snn

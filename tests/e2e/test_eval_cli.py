@@ -296,6 +296,26 @@ def test_convert_command_with_imagefolder_calibration(r20, cifar_tree, tmp_path,
     assert sresnet.load(out).info["arch"] == "resnet20"
 
 
+def test_convert_command_with_weight_calibration(r20, cifar_tree, tmp_path):
+    import sresnet
+
+    root, _ = cifar_tree
+    out = tmp_path / "net.snn"
+    assert main(["convert", "--model", "resnet20", "--checkpoint", r20, "--calib-data", str(root / "train"),
+                 "--preset", "cifar-imagenet-stats", "--calib-size", "20", "--horizon", "4", "--calib-subset", "4",
+                 "--weight-calibration", "0.5", "--no-progress", "--out", str(out)]) == 0
+    info = sresnet.load(out).info
+    assert info["weight_calibration"] == 0.5 and len(info["weight_refits"]) == 18  # every layer but the stem
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "abc"])
+def test_bad_weight_calibration_value(value, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["eval", "--arch", "resnet20", "--checkpoint", "x", "--data-dir", "y", "--weight-calibration", value])
+    assert err.value.code == 2
+    assert "--weight-calibration" in capsys.readouterr().err
+
+
 def test_convert_with_calibration_data_only(r20, cifar_tree, tmp_path, capsys):
     root, _ = cifar_tree
     out = tmp_path / "net.snn"

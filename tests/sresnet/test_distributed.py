@@ -62,12 +62,14 @@ def test_kth_largest_over_three_processes_equals_a_sort_of_the_union(tmp_path):
         assert torch.equal(r["kth"], _sorted_kth(u, k))
 
 
-@pytest.mark.parametrize("method,subset", [("lowlat", 8), ("lowlat", 7), ("s-resnet", 7)])
-def test_conversion_bit_identical_on_two_processes(tmp_path, method, subset):
+@pytest.mark.parametrize("method,subset,wcal", [("lowlat", 8, False), ("lowlat", 7, False), ("s-resnet", 7, False),
+                                                ("lowlat", 7, True)])
+def test_conversion_bit_identical_on_two_processes(tmp_path, method, subset, wcal):
     # 21 calibration images in batches of 4 (6 batches, the last partial); every site subsampled;
-    # the layer-by-layer calibration shares `subset` images (7: uneven shares)
+    # the layer-by-layer calibration shares `subset` images (7: uneven shares); wcal: with the
+    # layer-wise weight refit (its Gram sums are exact integers over the ranks)
     kw = dict(kind="tiny_B_module", n=21, method=method, batch_size=4, max_values=2048, horizon=8,
-              calib_timesteps=8, calib_subset=subset)
+              calib_timesteps=8, calib_subset=subset, **(dict(weight_calibration=True) if wcal else {}))
     single = _dist_tasks.network(**kw)
     for r in launch(2, "network", tmp_path, **kw):
         assert_same_tree(single, r)
