@@ -11,10 +11,15 @@ library's own neuron modules and state handling:
 - ``spikingjelly-s``: the same nodes in ``step_mode="s"``, a Python loop over T.
 - ``snntorch``: ``snntorch.Leaky(beta=1, threshold=1, reset_mechanism="subtract")``, per step.
   It fires on mem > threshold (strict) and subtracts on the next step: the same spikes as
-  sresnet except exact ties v == 1.
+  sresnet except exact ties v == 1, which the default conversion's bias schedule creates on
+  purpose (see ``SPIKE_TOLERANCE``).
 - ``sinabs``: ``layers.IAF(SingleSpike, MembraneSubtract)`` on ``[B, T, ...]``, whole T.
 - ``norse``: ``IAFCell`` (hard reset to 0: the only reset Norse's IF has), per step. Not
   conversion-exact: timed, and its prediction agreement is reported, not required.
+
+The default conversion's per-step bias schedule is added to each layer's current before the
+peer's neuron (as sresnet adds it inside its fused kernel) and its delayed readout skips the
+same first steps, so every peer runs the network ``sresnet.convert`` gives by default.
 
 Convs, linears, the option-A shortcut (subsample + channel pad) and the pooling are the same
 plain ``torch.nn.functional`` ops for every peer, and the stem conv of the analog image is
@@ -46,6 +51,12 @@ CHECKPOINT = SHARED / "models" / "resnet20-12fca82f.th"
 
 # peers whose neuron is the conversion's neuron (same spikes up to float rounding / ties)
 EXACT_PEERS = ("spikingjelly-m", "spikingjelly-s", "snntorch", "sinabs")
+# largest relative deviation of a layer's spike count allowed for an exact peer: float
+# rounding flips only (1e-3), except snnTorch, which fires on v > θ (strict) where sresnet
+# fires on v >= θ: the default conversion's bias schedule puts a channel's k-th membrane
+# exactly on θ by design (sresnet.convert.lowlat.step_bias), so snnTorch misses those spikes
+# (2.0e-3 of a layer's spikes on ResNet-20, T=32)
+SPIKE_TOLERANCE = {"snntorch": 5e-3}
 Runner = Callable[[torch.Tensor, int], torch.Tensor]
 # filled by bench/test_bench_e2e.py, printed by bench/conftest.py
 E2E_MEDIANS: dict = {}
@@ -114,6 +125,8 @@ class Graph:
         self.layers = snn.layers
         self.output = snn.output
         self.lam = snn.output_scale.float()
+        # the readout of T steps skips the first delay_for(T) (the default conversion's delayed readout)
+        self.delay_for = snn.network.readout.delay_for
         last = {}
         for i, layer in enumerate(self.layers):
             for s in layer.sources():
@@ -136,6 +149,14 @@ class Graph:
         if layer.bias is not None:
             cur = cur + layer.bias.view(-1, *([1] * (cur.dim() - 3)))
         return cur
+
+    def step_bias(self, i: int, cur: torch.Tensor, t0: int) -> torch.Tensor:
+        """``cur [t, B, C, ...]`` plus the rows of layer i's bias schedule for global steps
+        t0..t0+t-1 (the default conversion's per-step bias; unchanged without one)."""
+        rows = self.layers[i].neuron.bias_rows(t0, cur.shape[0])
+        if rows is None:
+            return cur
+        return cur + rows.view(cur.shape[0], 1, -1, *([1] * (cur.dim() - 3)))
 
     def readout(self, outs: list) -> torch.Tensor:
         return _currents(self.output, outs)
@@ -269,11 +290,13 @@ class PeerSResNet(nn.Module):
         stems = g.stems(images.float())
         counts = torch.zeros(len(g), dtype=torch.int64) if count else None
         acc = None
+        delay = g.delay_for(T)
         steps = [(0, T)] if nrn.multi_step else [(t, 1) for t in range(T)]
-        for _, t in steps:
+        for t0, t in steps:
             outs: list = [None] * len(g)
             for i in range(len(g)):
                 x = stems[i].expand(t, *stems[i].shape[1:]) if i in stems else g.current(i, outs)
+                x = g.step_bias(i, x, t0)
                 s = nrn(i, x) if nrn.multi_step else nrn(i, x[0])[None]
                 outs[i] = s
                 if count:
@@ -281,12 +304,13 @@ class PeerSResNet(nn.Module):
                 for j in g.free[i]:
                     outs[j] = None
             cur = g.readout(outs)
-            # sequential sum over steps, as sresnet accumulates its readout
-            for k in range(t):
+            # sequential sum over the read steps (sresnet takes a difference of prefix sums:
+            # the same up to float rounding)
+            for k in range(max(0, delay - t0), t):
                 acc = cur[k].clone() if acc is None else acc + cur[k]
         if count:
             self.spike_counts = {l.name: int(c) for l, c in zip(g.layers, counts.tolist())}
-        return acc / T * g.lam
+        return acc / (T - delay) * g.lam
 
 
 PEER_ADAPTERS: dict[str, Callable[[int], nn.Module]] = {
@@ -406,7 +430,7 @@ def check_agreement(snn, runners: dict, images: torch.Tensor, labels: torch.Tens
         if name in report:
             r = report[name]
             flips = round((1 - r["agree"]) * len(ref_pred))
-            assert flips <= max_flips and r["spike_dev"] < 1e-3, (
+            assert flips <= max_flips and r["spike_dev"] < SPIKE_TOLERANCE.get(name, 1e-3), (
                 f"{name} is not equivalent to sresnet: {flips} prediction flips, spike-count deviation {r['spike_dev']:.2e}")
     return report
 
