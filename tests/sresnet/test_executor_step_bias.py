@@ -66,12 +66,14 @@ def test_default_network_outputs_unchanged(monkeypatch, kind, hw, backend):
     snn = _convert(kind, hw)
     layers = [l for l in snn.layers if l.kind != "maxpool" and l.neuron.bias_schedule is not None]
     assert any(l.residual_spikes for l in layers), "the case should have a spike shortcut with a schedule"
-    x = _images(3, hw, 5)
+    # (Triton runs under its interpreter here: fewer images and steps, still past the horizon of 6)
+    x = _images(2 if backend == "triton" else 3, hw, 5)
+    T = 7 if backend == "triton" else 9
     for chunk in (None, 4):
-        got, got_stats = snn(x, 9, per_step=True, chunk=chunk, backend=backend, return_stats=True)
+        got, got_stats = snn(x, T, per_step=True, chunk=chunk, backend=backend, return_stats=True)
         with monkeypatch.context() as mp:
             mp.setattr(Executor, "run_layer", folded_run_layer)
-            want, want_stats = snn(x, 9, per_step=True, chunk=chunk, backend=backend, return_stats=True)
+            want, want_stats = snn(x, T, per_step=True, chunk=chunk, backend=backend, return_stats=True)
         assert torch.equal(got, want)
         assert got_stats["spikes"] == want_stats["spikes"]
         assert sum(got_stats["spikes"].values()) > 0
