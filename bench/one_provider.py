@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 PROVIDERS = ("sresnet", "spikingjelly-m", "spikingjelly-s", "snntorch", "sinabs", "norse", "ann-xT", "ann-folded-xT")
@@ -71,13 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         run = peers.build_peer(name, snn)
     T = args.timesteps
-    times = []
-    for r in range(args.rounds + 1):
-        t0 = time.perf_counter()
-        run(images, T)
-        if r:  # the first run warms up
-            times.append(time.perf_counter() - t0)
-    med = sorted(times)[len(times) // 2]
+    med = peers.median_seconds(lambda: run(images, T), args.rounds)
     policy = os.environ.get("OMP_WAIT_POLICY", "default")
     print(f"{name} T={T} B={args.batch}: median {med:.3f} s of {args.rounds} "
           f"({args.batch * T / med:.0f} image-timesteps/s), OMP_WAIT_POLICY={policy}, "

@@ -47,7 +47,9 @@ THRESHOLD = 1.0
 V0 = 0.5 * THRESHOLD
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA_DIR = SHARED / "data" / "cifar-10-batches-py"
-CHECKPOINT = SHARED / "models" / "resnet20-12fca82f.th"
+# the shared CIFAR checkpoints (pytorch_resnet_cifar10) by architecture
+CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
+CHECKPOINT = SHARED / "models" / CHECKPOINTS["resnet20"]
 
 # peers whose neuron is the conversion's neuron (same spikes up to float rounding / ties)
 EXACT_PEERS = ("spikingjelly-m", "spikingjelly-s", "snntorch", "sinabs")
@@ -433,6 +435,17 @@ def check_agreement(snn, runners: dict, images: torch.Tensor, labels: torch.Tens
             assert flips <= max_flips and r["spike_dev"] < SPIKE_TOLERANCE.get(name, 1e-3), (
                 f"{name} is not equivalent to sresnet: {flips} prediction flips, spike-count deviation {r['spike_dev']:.2e}")
     return report
+
+
+def median_seconds(fn: Callable[[], object], rounds: int) -> float:
+    """Median wall seconds of ``rounds`` calls of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
 
 
 def time_interleaved(runners: dict, images: torch.Tensor, timesteps: int, rounds: int = 3, warmup: int = 1) -> dict:

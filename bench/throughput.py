@@ -14,23 +14,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import sresnet  # noqa: I001  (first: spikekernels sets the OpenMP wait policy before torch starts)
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
-
-
-def _median(fn, rounds: int) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+from peers import CHECKPOINTS, SHARED, median_seconds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,9 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     snn = sresnet.convert(model, calib, horizon=T)
     print(f"{args.arch}: converted for T={T} in {time.perf_counter() - t0:.0f} s", flush=True)
-    snn_s = _median(lambda: snn(x, timesteps=T), args.rounds)
+    snn_s = median_seconds(lambda: snn(x, timesteps=T), args.rounds)
     with torch.no_grad():
-        ann_s = _median(lambda: model(x), args.rounds)
+        ann_s = median_seconds(lambda: model(x), args.rounds)
     B = args.batch
     print(f"{args.arch} T={T} B={B}: SNN {snn_s:.3f} s per batch = {B / snn_s:.1f} images/s; "
           f"ANN {ann_s * 1e3:.1f} ms per batch = {B / ann_s:.0f} images/s (median of {args.rounds})")

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import sresnet  # noqa: I001  (first: spikekernels sets the OpenMP wait policy before torch starts)
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
+from peers import CHECKPOINTS, SHARED
 
 
 def main(argv: list[str] | None = None) -> None:

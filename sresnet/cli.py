@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from .convert.compensate import CALIB_SUBSET, CALIB_TIMESTEPS
 from .convert.lowlat import DEFAULT_HORIZON
 from .convert.pipeline import METHODS
+from .convert.weights import check_ridge
 
 if TYPE_CHECKING:  # for annotations only; the commands import what they use when they run
     import torch
@@ -149,12 +150,9 @@ def _conversion_options(p: argparse.ArgumentParser) -> None:
 
 def _ridge(text: str) -> float:
     try:
-        v = float(text)
+        return check_ridge(float(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a ridge strength > 0, got {text!r}")
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a ridge strength > 0, got {text!r}")
-    return v
+        raise argparse.ArgumentTypeError(f"expected a ridge strength > 0, got {text!r}") from None
 
 
 def _fraction(text: str) -> float:
