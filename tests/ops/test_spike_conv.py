@@ -259,6 +259,73 @@ def test_non_binary_input_takes_the_scatter_kernel(monkeypatch, dtype):
     assert scatter == [1]
 
 
+def _gather_order_current(s, w, b, padding, nv):
+    """The gather kernel's current, emulated in numpy in its documented float32 order.
+
+    Per output pixel the active inputs come in receptive-field bit order (kernel row, then
+    column, then input channel); the ``n``-th one of the pixel (of its 64-bit word when the
+    active-input list is not used) goes to set ``(n % unroll) % sets``; each set is summed in
+    order, the sets are added pairwise, then the bias.
+    """
+    import numpy as np
+
+    T, B, Cin, H, W = s.shape
+    Cout, _, kh, kw = w.shape
+    unroll, sets = numba_gather.WALK[nv]
+    run = kw * 8 * (-(-Cin // 8))
+    nw = kh * -(-run // 64)
+    per_pixel = numba_gather.COMPRESS and nw * 64 <= numba_gather.LIST_CAP - unroll
+    sp = np.pad(s.numpy(), ((0, 0), (0, 0), (0, 0), (padding, padding), (padding, padding)))
+    wn, bn = w.numpy(), b.numpy()
+    Ho, Wo = H + 2 * padding - kh + 1, W + 2 * padding - kw + 1
+    out = np.zeros((T, B, Cout, Ho, Wo), np.float32)
+    for t in range(T):
+        for i in range(B):
+            for oy in range(Ho):
+                for ox in range(Wo):
+                    parts = [np.zeros(Cout, np.float32) for _ in range(sets)]
+                    n, word = 0, None
+                    for ky in range(kh):
+                        for kx in range(kw):
+                            for ci in range(Cin):
+                                bit = kx * 8 * (-(-Cin // 8)) + ci
+                                if not per_pixel and (ky, bit // 64) != word:
+                                    n, word = 0, (ky, bit // 64)
+                                if sp[t, i, ci, oy + ky, ox + kx]:
+                                    parts[(n % unroll) % sets] += wn[:, ci, ky, kx]
+                                    n += 1
+                    while len(parts) > 1:
+                        parts = [parts[m] + parts[m + 1] for m in range(0, len(parts), 2)]
+                    out[t, i, :, oy, ox] = parts[0] + bn
+    return torch.from_numpy(out)
+
+
+@pytest.mark.parametrize("Cin", [9, 40, 1030], ids=["one-word-rows", "two-word-rows", "past-the-list"])
+def test_gather_kernel_summation_order(monkeypatch, Cin):
+    """The gather kernel's current, bit for bit, against its documented order: the unrolled add
+    loop (the zero row past the last active input adds nothing), the independent sets of
+    sums, the per-pixel list of active inputs and, past LIST_CAP, the per-word bit walk."""
+    monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", "1.0")
+    g = torch.Generator().manual_seed(21)
+    H = 3 if Cin > 100 else 5
+    s = (torch.rand(2, 1, Cin, H, H, generator=g) < 0.3).to(torch.uint8)
+    w = torch.randn(12, Cin, 3, 3, generator=g)
+    b = torch.randn(12, generator=g)
+    nv = numba_gather._vectors(12, 1, numba_gather.numba.get_num_threads())
+    cur = sk.spike_conv2d(s, w, b, padding=1, neuron=False, backend="numba")
+    expected = _gather_order_current(s, w, b, 1, nv)
+    assert torch.equal(cur, expected)
+    if Cin > 100:
+        assert 3 * 64 * -(-3 * 8 * -(-Cin // 8) // 64) > numba_gather.LIST_CAP, "the case should pass the list"
+
+
+def test_weight_rows_end_with_a_zero_row():
+    w = torch.randn(20, 9, 3, 3)
+    rows = numba_gather.weight_rows(w, 16)
+    assert rows.shape == (2, (9 * 16 + 1) * 16)
+    assert (rows[:, -16:] == 0).all() and (rows[:, :-16] != 0).any()
+
+
 def test_weight_rows_follow_in_place_updates():
     """The rearranged weight is cached per tensor; an in-place change must not serve stale rows."""
     s, w, b, conv_kw, _ = _case(CASES[5], seed=13)

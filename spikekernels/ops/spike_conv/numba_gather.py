@@ -35,6 +35,7 @@ from collections import OrderedDict
 import numba
 import numpy as np
 import torch
+import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -52,8 +53,43 @@ _weight_cache: OrderedDict = OrderedDict()
 _weight_cache_lock = threading.Lock()
 
 
-def _gather_codegen(nv: int):
-    """LLVM IR of ``_gather_sum`` for ``nv`` accumulator vectors (``ct = 8 * nv``)."""
+def _host_compresses() -> bool:
+    """Whether the kernels are compiled for a CPU with AVX-512 VBMI2 (``vpcompressw``): then
+    LLVM's ``masked.compressstore`` of 16-bit lanes is one instruction, elsewhere a branch per
+    lane. ``NUMBA_CPU_NAME`` (a portable target) turns it off."""
+    if numba.config.CPU_NAME:
+        return False
+    try:
+        return bool(llvm.get_host_cpu_features().get("avx512vbmi2", False))
+    except Exception:  # noqa: BLE001 - feature query unavailable: the portable walk
+        return False
+
+
+# whether the receptive field's set bits are first compressed into a list of row indices
+COMPRESS = _host_compresses()
+# entries of that list (16-bit row indices); larger receptive fields take the bit walk
+LIST_CAP = 8192
+# per accumulator width nv: (active inputs added per trip of the add loop, independent sets of
+# sums), measured on ResNet-20/18 layer shapes (bench/RESULTS.md "Session 6"); without the
+# list, 8 vectors keep one set (16 ymm registers on AVX2)
+WALK = {1: (4, 4), 2: (4, 4), 4: (4, 4), 8: (2, 2)} if COMPRESS else {1: (2, 2), 2: (2, 2), 4: (2, 2), 8: (2, 1)}
+
+
+def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool):
+    """LLVM IR of ``_gather_sum`` for ``nv`` accumulator vectors (``ct = 8 * nv``).
+
+    The active inputs' weight rows are added ``unroll`` per trip of a loop (rows past the last
+    active one are the zero row at the end of ``w``: no branch per input, one loop exit per
+    ``unroll`` inputs) into ``sets`` independent sets of sums (input ``u`` of a trip into set
+    ``u % sets``), added pairwise at the end (chains of dependent adds ``1 / sets`` as long).
+    ``compress``: the set bits of every word are first stored as a list of 16-bit row indices
+    (``masked.compressstore``: ``vpcompressw``, no branch) and one loop walks the whole
+    receptive field's list (one loop exit per pixel, not one per word). Otherwise the loop
+    walks each word's set bits (count trailing zeros, clear lowest bit).
+    """
+    i64, i16 = ir.IntType(64), ir.IntType(16)
+    vt = ir.VectorType(ir.FloatType(), 8)
+    shift = ir.Constant(i64, (8 * nv).bit_length() - 1)
 
     def codegen(context, builder, sig, args):
         pk_t, _, toff_t, wrow_t, mask_t, _, w_t, acc_t, _ = sig.args
@@ -63,43 +99,109 @@ def _gather_codegen(nv: int):
         mask = context.make_array(mask_t)(context, builder, args[4])
         w = context.make_array(w_t)(context, builder, args[6])
         acc = context.make_array(acc_t)(context, builder, args[7])
-        i64 = ir.IntType(64)
-        vt = ir.VectorType(ir.FloatType(), 8)
         base = context.cast(builder, args[1], sig.args[1], types.int64)
         nw = context.cast(builder, args[5], sig.args[5], types.int64)
         aoff = context.cast(builder, args[8], sig.args[8], types.int64)
-        # allocas in the entry block: LLVM promotes them to registers (mem2reg)
-        sums = [cgutils.alloca_once_value(builder, ir.Constant(vt, [0.0] * 8)) for _ in range(nv)]
-        word_var = cgutils.alloca_once(builder, i64)
-        row_var = cgutils.alloca_once(builder, i64)
+        zero_row = builder.sub(cgutils.unpack_tuple(builder, w.shape, 1)[0], ir.Constant(i64, 8 * nv))
+        zero, one = ir.Constant(i64, 0), ir.Constant(i64, 1)
+        # allocas in the entry block: LLVM promotes the scalars and sums to registers (mem2reg)
+        sums = [[cgutils.alloca_once_value(builder, ir.Constant(vt, [0.0] * 8)) for _ in range(nv)]
+                for _ in range(sets)]
         bytes_ = builder.bitcast(pk.data, ir.IntType(8).as_pointer())
-        with cgutils.for_range(builder, nw) as loop:
-            i = loop.index
+
+        def add_rows(rows):
+            for u, row in enumerate(rows):
+                for k in range(nv):
+                    src = builder.gep(w.data, [builder.add(row, ir.Constant(i64, 8 * k))])
+                    val = builder.load(builder.bitcast(src, vt.as_pointer()), align=4)
+                    acc_k = sums[u % sets][k]
+                    builder.store(builder.fadd(builder.load(acc_k), val), acc_k)
+
+        def word_at(i):
             p = builder.gep(bytes_, [builder.add(base, builder.load(builder.gep(toff.data, [i])))])
             word = builder.load(builder.bitcast(p, i64.as_pointer()), align=1)
-            builder.store(builder.and_(word, builder.load(builder.gep(mask.data, [i]))), word_var)
-            builder.store(builder.load(builder.gep(wrow.data, [i])), row_var)
-            cond = builder.append_basic_block("bits.cond")
-            body = builder.append_basic_block("bits.body")
-            done = builder.append_basic_block("bits.done")
-            builder.branch(cond)
-            builder.position_at_end(cond)
-            wv = builder.load(word_var)
-            builder.cbranch(builder.icmp_unsigned("!=", wv, ir.Constant(i64, 0)), body, done)
-            builder.position_at_end(body)
-            wv = builder.load(word_var)
-            j = builder.cttz(wv, ir.Constant(ir.IntType(1), 1))
-            row = builder.add(builder.load(row_var), builder.mul(j, ir.Constant(i64, 8 * nv)))
-            for k in range(nv):
-                src = builder.gep(w.data, [builder.add(row, ir.Constant(i64, 8 * k))])
-                val = builder.load(builder.bitcast(src, vt.as_pointer()), align=4)
-                builder.store(builder.fadd(builder.load(sums[k]), val), sums[k])
-            builder.store(builder.and_(wv, builder.sub(wv, ir.Constant(i64, 1))), word_var)
-            builder.branch(cond)
-            builder.position_at_end(done)
+            return builder.and_(word, builder.load(builder.gep(mask.data, [i])))
+
+        def walk_words():
+            word_var = cgutils.alloca_once(builder, i64)
+            row_var = cgutils.alloca_once(builder, i64)
+            with cgutils.for_range(builder, nw) as loop:
+                builder.store(word_at(loop.index), word_var)
+                builder.store(builder.load(builder.gep(wrow.data, [loop.index])), row_var)
+                cond = builder.append_basic_block("bits.cond")
+                body = builder.append_basic_block("bits.body")
+                done = builder.append_basic_block("bits.done")
+                builder.branch(cond)
+                builder.position_at_end(cond)
+                wv = builder.load(word_var)
+                builder.cbranch(builder.icmp_unsigned("!=", wv, zero), body, done)
+                builder.position_at_end(body)
+                wv = builder.load(word_var)
+                rows = []
+                for u in range(unroll):
+                    # the first bit of a trip exists (loop condition); later ones may not
+                    j = builder.cttz(wv, ir.Constant(ir.IntType(1), u == 0))
+                    row = builder.add(builder.load(row_var), builder.mul(j, ir.Constant(i64, 8 * nv)))
+                    if u:
+                        row = builder.select(builder.icmp_unsigned("!=", wv, zero), row, zero_row)
+                    rows.append(row)
+                    wv = builder.and_(wv, builder.sub(wv, one))
+                add_rows(rows)
+                builder.store(wv, word_var)
+                builder.branch(cond)
+                builder.position_at_end(done)
+
+        def walk_list():
+            # 32 entries of slack: each half word's compressed lanes are stored as a whole vector
+            lst = cgutils.alloca_once(builder, i16, size=LIST_CAP + 32)
+            n_var = cgutils.alloca_once_value(builder, zero)
+            v32i16, v32i1 = ir.VectorType(i16, 32), ir.VectorType(ir.IntType(1), 32)
+            squeeze = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(v32i16, [v32i16, v32i1, v32i16]),
+                "llvm.experimental.vector.compress.v32i16")
+            iota = ir.Constant(v32i16, list(range(32)))
+            lane0 = ir.Constant(ir.VectorType(ir.IntType(32), 32), [0] * 32)
+            with cgutils.for_range(builder, nw) as loop:
+                word = word_at(loop.index)
+                first = builder.trunc(builder.lshr(builder.load(builder.gep(wrow.data, [loop.index])), shift), i16)
+                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v32i16, None), first, ir.Constant(
+                    ir.IntType(32), 0)), ir.Constant(v32i16, None), lane0)
+                for half in range(2):
+                    bits = builder.trunc(builder.lshr(word, ir.Constant(i64, 32 * half)), ir.IntType(32))
+                    lanes = builder.add(splat, ir.Constant(v32i16, list(range(32 * half, 32 * half + 32))))
+                    packed = builder.call(squeeze, [lanes, builder.bitcast(bits, v32i1), ir.Constant(v32i16, None)])
+                    n = builder.load(n_var)
+                    builder.store(packed, builder.bitcast(builder.gep(lst, [n]), v32i16.as_pointer()), align=2)
+                    builder.store(builder.add(n, builder.zext(builder.ctpop(bits), i64)), n_var)
+            n = builder.load(n_var)
+            zero_idx = builder.trunc(builder.lshr(zero_row, shift), i16)
+            for u in range(unroll):
+                builder.store(zero_idx, builder.gep(lst, [builder.add(n, ir.Constant(i64, u))]))
+            trips = builder.udiv(builder.add(n, ir.Constant(i64, unroll - 1)), ir.Constant(i64, unroll))
+            with cgutils.for_range(builder, trips) as loop:
+                first = builder.mul(loop.index, ir.Constant(i64, unroll))
+                rows = []
+                for u in range(unroll):
+                    idx = builder.load(builder.gep(lst, [builder.add(first, ir.Constant(i64, u))]))
+                    rows.append(builder.shl(builder.zext(idx, i64), shift))
+                add_rows(rows)
+
+        if compress:
+            fits = builder.icmp_unsigned("<=", builder.mul(nw, ir.Constant(i64, 64)),
+                                         ir.Constant(i64, LIST_CAP - unroll))
+            with builder.if_else(fits) as (then, otherwise):
+                with then:
+                    walk_list()
+                with otherwise:
+                    walk_words()
+        else:
+            walk_words()
         for k in range(nv):
+            parts = [builder.load(sums[m][k]) for m in range(sets)]
+            while len(parts) > 1:
+                parts = [builder.fadd(parts[m], parts[m + 1]) for m in range(0, len(parts), 2)]
             dst = builder.gep(acc.data, [builder.add(aoff, ir.Constant(i64, 8 * k))])
-            builder.store(builder.load(sums[k]), builder.bitcast(dst, vt.as_pointer()), align=4)
+            builder.store(parts[0], builder.bitcast(dst, vt.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return codegen
@@ -107,19 +209,27 @@ def _gather_codegen(nv: int):
 
 def _make_gather(nv: int):
     ct = 8 * nv
+    unroll, sets = WALK[nv]
     if numba.config.DISABLE_JIT:
         def gather_py(pk, base, toff, wrow, mask, nw, w, acc, aoff):
             """Python twin of the intrinsic (NUMBA_DISABLE_JIT runs, for coverage)."""
-            total = np.zeros(ct, np.float32)
+            totals = [np.zeros(ct, np.float32) for _ in range(sets)]
+            per_pixel = COMPRESS and nw * 64 <= LIST_CAP - unroll
+            n = 0
             for i in range(nw):
                 o = base + toff[i]
                 word = int(np.frombuffer(pk[o:o + 8].tobytes(), np.uint64)[0]) & int(mask[i])
+                if not per_pixel:
+                    n = 0
                 while word:
                     j = (word & -word).bit_length() - 1
                     r = wrow[i] + j * ct
-                    total += w[r:r + ct]
+                    totals[(n % unroll) % sets] += w[r:r + ct]
                     word &= word - 1
-            acc[aoff:aoff + ct] = total
+                    n += 1
+            while len(totals) > 1:
+                totals = [totals[m] + totals[m + 1] for m in range(0, len(totals), 2)]
+            acc[aoff:aoff + ct] = totals[0]
 
         return gather_py
 
@@ -131,7 +241,7 @@ def _make_gather(nv: int):
         The sums are ``nv`` ``<8 x float>`` values kept in registers across the whole bit walk
         (an array accumulator would be reloaded and stored per active input).
         """
-        return types.void(pk, base, toff, wrow, mask, nw, w, acc, aoff), _gather_codegen(nv)
+        return types.void(pk, base, toff, wrow, mask, nw, w, acc, aoff), _gather_codegen(nv, unroll, sets, COMPRESS)
 
     return gather
 
@@ -299,10 +409,11 @@ def _tables(kh: int, kw: int, Cb: int, Wp: int, ct: int) -> tuple[np.ndarray, np
 
 
 def weight_rows(weight: torch.Tensor, ct: int) -> np.ndarray:
-    """``weight [Cout, Cin, kh, kw]`` float32 -> rows ``[tiles, kh * kw * 8 * Cb * ct]``, cached.
+    """``weight [Cout, Cin, kh, kw]`` float32 -> rows ``[tiles, (kh * kw * 8 * Cb + 1) * ct]``, cached.
 
     Row ``(ky * kw + kx) * 8 * Cb + ci`` of tile ``i`` holds output channels ``i * ct ...``
-    (zeros past Cout and for the padded input channels). Rearranging a 512-channel 3x3
+    (zeros past Cout and for the padded input channels); the last row of each tile is zeros.
+    Rearranging a 512-channel 3x3
     weight (9.4 MB) costs more than the convolution at 10% density, so the rows are kept
     for the next call with the same weight: keyed by storage address and shape, valid while
     the tensor's version counter is unchanged (every in-place torch op bumps it) and a
@@ -327,7 +438,10 @@ def weight_rows(weight: torch.Tensor, ct: int) -> np.ndarray:
     # numpy, not torch: see numba.py on torch's OpenMP threads
     wg = np.zeros((kh, kw, 8 * Cb, n_tiles * ct), np.float32)
     wg[:, :, :Cin, :Cout] = weight.numpy().transpose(2, 3, 1, 0)
-    wg = np.ascontiguousarray(wg.reshape(-1, n_tiles, ct).transpose(1, 0, 2)).reshape(n_tiles, -1)
+    rows = wg.reshape(-1, n_tiles, ct).transpose(1, 0, 2).reshape(n_tiles, -1)
+    # one zero row after each tile's rows: the bit walk adds it for a bit that is not set
+    wg = np.zeros((n_tiles, rows.shape[1] + ct), np.float32)
+    wg[:, :-ct] = rows
     if not cacheable:
         return wg
     with _weight_cache_lock:
