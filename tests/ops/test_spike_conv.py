@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -317,6 +322,21 @@ def test_gather_kernel_summation_order(monkeypatch, Cin):
     assert torch.equal(cur, expected)
     if Cin > 100:
         assert 3 * 64 * -(-3 * 8 * -(-Cin // 8) // 64) > numba_gather.LIST_CAP, "the case should pass the list"
+
+
+def test_word_walk_where_the_cpu_cannot_compress(tmp_path):
+    """Without AVX-512 VBMI2 (forced here with NUMBA_CPU_NAME=generic, a portable target) the
+    list is off and each word's bits are walked with that path's unroll and sets; the order
+    test above passes there too (own process: the choice is made when the kernels compile)."""
+    env = {**os.environ, "NUMBA_CPU_NAME": "generic", "NUMBA_CACHE_DIR": str(tmp_path)}
+    root = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    probe = subprocess.run([sys.executable, "-c", "from spikekernels.ops.spike_conv import numba_gather as g; "
+                            "print(g.COMPRESS, g.WALK[2])"], env=env, capture_output=True, text=True, timeout=300)
+    assert probe.stdout.split() == ["False", "(2,", "2)"], probe.stderr[-2000:]
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                          "summation_order and word-rows"], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout[-3000:]
 
 
 def test_weight_rows_end_with_a_zero_row():

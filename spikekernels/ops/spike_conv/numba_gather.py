@@ -10,11 +10,18 @@ input spike's weights into a current buffer in memory). Here each output pixel g
    pixels, all channels) is then one contiguous run of ``kw * 8 * Cb`` bits.
 2. ``_gather_kernel``: one work item per (image, output-channel tile), the T loop inside. Per
    step and output pixel, ``_gather_sum`` reads the receptive field as 64-bit words (one
-   unaligned load each, masked at the run's end), walks the set bits (count trailing zeros,
-   clear lowest bit) and adds the weight row of each active input
-   (``wg [tile, kh, kw * 8 * Cb, ct]``, row = bit index) into ``ct / 8`` accumulator vectors
-   that stay in registers; only the sum goes to memory, once. Padding and skipped channels
-   are zero bits, so there are no bounds checks.
+   unaligned load each, masked at the run's end). On a CPU with AVX-512 VBMI2 (``COMPRESS``)
+   each word's set bits are compressed (``vpcompressw``, no branch) into one list of 16-bit
+   row indices for the whole receptive field; elsewhere (or past ``LIST_CAP`` entries) the
+   set bits of each word are walked (count trailing zeros, clear lowest bit). The weight row
+   of each active input (``wg [tile, kh, kw * 8 * Cb + 1, ct]``, row = bit index, last row
+   zeros) is added into ``ct / 8`` accumulator vectors that stay in registers, ``unroll``
+   rows per trip of the loop (the zero row fills the last trip) into ``sets`` independent
+   sets of sums added pairwise at the end (``WALK``). The list leaves one exit of the add
+   loop (the branch a predictor misses) per pixel instead of one per word, the unrolling
+   makes the trips ``1 / unroll`` as many and the sets make the chains of dependent adds
+   ``1 / sets`` as long. Only the sum goes to memory, once. Padding and
+   skipped channels are zero bits, so there are no bounds checks.
 3. Once a row of output pixels is summed, the IF update runs over the whole row
    channels-last (``numba_rows._if_row``: the float32 operations of ``if_scan`` in its
    order, ``x = (sum + b) + (β_t + α·r)``, ``v = v + x``; the per-step bias β_t is one row
@@ -22,8 +29,8 @@ input spike's weights into a current buffer in memory). Here each output pixel g
    cache for the T loop; after each step the spikes are transposed to ``out``.
 
 Work per output neuron-step: one word per 64 receptive-field inputs plus ``ct / 8`` vector
-adds per active input; no current buffer is written and read back and silent inputs cost
-one bit each. Inputs other than 0/1 (an analog current) cannot be bits: ``spike_conv2d``
+adds per active input (their count rounded up to ``unroll``); no current buffer is written
+and read back and silent inputs cost one bit each. Inputs other than 0/1 (an analog current) cannot be bits: ``spike_conv2d``
 falls back to the scatter kernel for them.
 """
 
@@ -32,10 +39,10 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+import llvmlite.binding as llvm
 import numba
 import numpy as np
 import torch
-import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
