@@ -377,6 +377,17 @@ def _run_info(args) -> int:
         for b in ("reference", "numba", "triton"):
             reason = _dispatch.unavailable_reason(b, torch.device(dev))
             print(f"  {dev:4s} {b:9s} {'ok' if reason is None else 'no: ' + reason}")
+    try:
+        import llvmlite.binding as llvm
+        import numba
+
+        from spikekernels.ops.spike_conv import numba_gather
+
+        cpu = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+        walk = "a list of active inputs (AVX-512 VBMI2)" if numba_gather.COMPRESS else "a bit walk per word"
+        print(f"numba CPU target {cpu}; event-driven conv gathers through {walk}")
+    except Exception as exc:  # report, do not fail
+        print(f"numba CPU target unavailable ({type(exc).__name__}: {exc})")
     print(f"SPIKEKERNELS_BACKEND={_config.backend()}  TRITON_INTERPRET={int(_config.triton_interpret())}  "
           f"SPIKEKERNELS_CONV_DENSE_DENSITY={_config.conv_dense_density()}")
     return 0

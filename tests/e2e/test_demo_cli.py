@@ -59,6 +59,10 @@ def test_info_lists_backends():
     for word in ("torch", "numba", "triton", "cpu", "cuda", "reference", "SPIKEKERNELS_BACKEND"):
         assert word in r.stdout
     assert "cpu  numba     ok" in r.stdout
+    from spikekernels.ops.spike_conv import numba_gather
+
+    walk = "list of active inputs" if numba_gather.COMPRESS else "bit walk per word"
+    assert "numba CPU target" in r.stdout and walk in r.stdout
 
 
 @pytest.mark.parametrize("command", ["demo", "eval", "convert", "info"])
