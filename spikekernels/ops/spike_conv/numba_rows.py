@@ -13,6 +13,17 @@ import numpy as np
 
 # byte b -> uint64 whose byte j is bit j of b
 _SPREAD = np.array([sum(((b >> j) & 1) << (8 * j) for j in range(8)) for b in range(256)], np.uint64)
+# byte b -> 8 float32 whose j-th is bit j of b (a global: frozen into the kernels as a constant)
+_SPREAD_F32 = np.array([[(b >> j) & 1 for j in range(8)] for b in range(256)], np.float32)
+# how _spikes_out writes: element by element, uint8 words, float32 rows of 8 through _SPREAD_F32
+OUT_ELEMENTS, OUT_WORDS, OUT_F32_ROWS = 0, 1, 2
+
+
+def out_mode(out: np.ndarray, neuron: bool, P: int) -> int:
+    """The ``_spikes_out`` mode for a spike output ``out`` with ``P`` pixels per channel row."""
+    if not neuron or P % 8:
+        return OUT_ELEMENTS
+    return OUT_WORDS if out.dtype == np.uint8 else OUT_F32_ROWS if out.dtype == np.float32 else OUT_ELEMENTS
 
 
 @numba.njit(cache=True, fastmath=False, inline="always")
@@ -114,31 +125,39 @@ def _step_bias_row(sbt, c0, nc, ct, Wo, row):
 
 
 @numba.njit(cache=True, inline="always")
-def _spikes_out(spw, ct, nc, P, ot, ow, c0, spread, words):
+def _spikes_out(spw, ct, nc, P, ot, ow, c0, spread, mode):
     """Channels-last spikes ``spw`` (as bytes: ``[P, ct]`` 0/1) to rows ``c0:c0+nc`` of the output.
 
-    ``words``: write ``ow``, the uint8 output ``[Cout, P]`` viewed as uint64 ``[Cout, P / 8]``
-    (P a multiple of 8): 8 pixels x 8 channels at a time, OR the 8 pixel words (one 0/1 byte
-    per channel) shifted by the pixel into one bit matrix, then spread each channel's byte of
-    it back to 8 bytes through a table: one uint64 store per 8 spikes. Otherwise ``ot``
-    ``[Cout, P]`` (any dtype) element by element.
+    ``mode`` OUT_WORDS: write ``ow``, the uint8 output ``[Cout, P]`` viewed as uint64
+    ``[Cout, P / 8]`` (P a multiple of 8): 8 pixels x 8 channels at a time, OR the 8 pixel
+    words (one 0/1 byte per channel) shifted by the pixel into one bit matrix, then spread
+    each channel's byte of it back to 8 bytes through a table: one uint64 store per 8 spikes.
+    OUT_F32_ROWS: the same bit matrix, each channel's byte spread to 8 float32 through
+    ``_SPREAD_F32`` into ``ot`` (float32 ``[Cout, P]``): one 32-byte row copy per 8 spikes.
+    OUT_ELEMENTS: ``ot`` ``[Cout, P]`` (any dtype) element by element.
     """
-    if words:
-        cg = ct // 8
-        for g in range(cg):
-            kn = min(8, nc - 8 * g)
-            for pb in range(P // 8):
-                m = np.uint64(0)
-                for j in range(8):
-                    m |= spw[(pb * 8 + j) * cg + g] << np.uint64(j)
-                for k in range(kn):
-                    ow[c0 + 8 * g + k, pb] = spread[np.int64((m >> np.uint64(8 * k)) & np.uint64(0xFF))]
-    else:
+    if mode == OUT_ELEMENTS:
         sp = spw.view(np.uint8)
         for c in range(nc):
             orow = ot[c0 + c]
             for p in range(P):
                 orow[p] = sp[p * ct + c]
+        return
+    cg = ct // 8
+    for g in range(cg):
+        kn = min(8, nc - 8 * g)
+        for pb in range(P // 8):
+            m = np.uint64(0)
+            for j in range(8):
+                m |= spw[(pb * 8 + j) * cg + g] << np.uint64(j)
+            for k in range(kn):
+                bits = np.int64((m >> np.uint64(8 * k)) & np.uint64(0xFF))
+                if mode == OUT_WORDS:
+                    ow[c0 + 8 * g + k, pb] = spread[bits]
+                else:
+                    orow = ot[c0 + 8 * g + k]
+                    for j in range(8):
+                        orow[pb * 8 + j] = _SPREAD_F32[bits, j]
 
 
 @numba.njit(cache=True, inline="always")
