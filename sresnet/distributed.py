@@ -108,11 +108,31 @@ def shard_range(n: int, shard: Shard) -> range:
     return range(start, start + base + (1 if shard.rank < extra else 0))
 
 
+def numba_threads_per_process(env: dict, cpus: int) -> int | None:
+    """Numba threads for one of ``LOCAL_WORLD_SIZE`` processes sharing ``cpus`` cores: the
+    cores divided among them (at least 1), or None when the user set ``NUMBA_NUM_THREADS``
+    (their choice stands) or this is the only process. Numba's default is every core in
+    every process: 2 processes on 2 cores would run 4 threads."""
+    local = int(env.get("LOCAL_WORLD_SIZE", "1"))
+    if "NUMBA_NUM_THREADS" in env or local <= 1:
+        return None
+    return max(1, cpus // local)
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def init_from_env() -> Shard:
     """Initialize torch.distributed from torchrun's environment (RANK, WORLD_SIZE, ...).
 
     A single process (no WORLD_SIZE, or 1) initializes nothing. CUDA available: nccl, one GPU
-    per rank (``LOCAL_RANK``); else gloo.
+    per rank (``LOCAL_RANK``); else gloo, and unless ``NUMBA_NUM_THREADS`` is set the Numba
+    kernels of each process get the machine's cores divided by ``LOCAL_WORLD_SIZE`` (torchrun
+    already gives torch one thread per process through ``OMP_NUM_THREADS``).
 
     Raises:
         ValueError: more ranks on this machine than GPUs when using CUDA.
@@ -130,4 +150,9 @@ def init_from_env() -> Shard:
             dist.init_process_group("nccl")
         else:
             dist.init_process_group("gloo")
+            threads = numba_threads_per_process(os.environ, _usable_cpus())
+            if threads is not None:
+                import numba
+
+                numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     return shard_from(None)

@@ -5,7 +5,7 @@ import torch
 
 from sresnet.convert.lowlat import kth_largest
 
-from sresnet.distributed import Shard, shard_range
+from sresnet.distributed import Shard, numba_threads_per_process, shard_range
 
 import _dist_tasks
 from _sresnet_nets import assert_same_tree
@@ -19,6 +19,21 @@ def test_shard_range_covers_every_index_once(n, world):
     assert got == list(range(n))
     sizes = [len(shard_range(n, Shard(r, world))) for r in range(world)]
     assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("env,cpus,expected", [
+    ({"LOCAL_WORLD_SIZE": "2"}, 2, 1),
+    ({"LOCAL_WORLD_SIZE": "2"}, 16, 8),
+    ({"LOCAL_WORLD_SIZE": "4"}, 2, 1),
+    ({"LOCAL_WORLD_SIZE": "3"}, 8, 2),
+    ({"LOCAL_WORLD_SIZE": "1"}, 2, None),
+    ({}, 2, None),
+    ({"LOCAL_WORLD_SIZE": "2", "NUMBA_NUM_THREADS": "2"}, 2, None),
+])
+def test_numba_threads_divide_the_cores_among_local_processes(env, cpus, expected):
+    """torchrun's processes on one machine share its cores: Numba's default (every core in
+    every process) would oversubscribe them; a user's NUMBA_NUM_THREADS stands."""
+    assert numba_threads_per_process(env, cpus) == expected
 
 
 @pytest.mark.parametrize("percentile,per_channel", [(99.0, False), (99.9, True), ("max", True)],
