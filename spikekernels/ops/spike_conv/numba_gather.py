@@ -20,8 +20,8 @@ input spike's weights into a current buffer in memory). Here each output pixel g
    sets of sums added pairwise at the end (``WALK``). The list leaves one exit of the add
    loop (the branch a predictor misses) per pixel instead of one per word, the unrolling
    makes the trips ``1 / unroll`` as many and the sets make the chains of dependent adds
-   ``1 / sets`` as long. Only the sum goes to memory, once. Padding and
-   skipped channels are zero bits, so there are no bounds checks.
+   ``1 / sets`` as long. Only the sum goes to memory, once. Padding and skipped channels are
+   zero bits, so there are no bounds checks.
 3. Once a row of output pixels is summed, the IF update runs over the whole row
    channels-last (``numba_rows._if_row``: the float32 operations of ``if_scan`` in its
    order, ``x = (sum + b) + (β_t + α·r)``, ``v = v + x``; the per-step bias β_t is one row
@@ -30,8 +30,8 @@ input spike's weights into a current buffer in memory). Here each output pixel g
 
 Work per output neuron-step: one word per 64 receptive-field inputs plus ``ct / 8`` vector
 adds per active input (their count rounded up to ``unroll``); no current buffer is written
-and read back and silent inputs cost one bit each. Inputs other than 0/1 (an analog current) cannot be bits: ``spike_conv2d``
-falls back to the scatter kernel for them.
+and read back and silent inputs cost one bit each. Inputs other than 0/1 (an analog current)
+cannot be bits: ``spike_conv2d`` falls back to the scatter kernel for them.
 """
 
 from __future__ import annotations
@@ -62,10 +62,10 @@ _weight_cache_lock = threading.Lock()
 
 
 def _host_compresses() -> bool:
-    """Whether the kernels are compiled for a CPU with AVX-512 VBMI2 (``vpcompressw``): then
-    LLVM's ``masked.compressstore`` of 16-bit lanes is one instruction, elsewhere a branch per
-    lane. ``NUMBA_CPU_NAME`` (a portable target) turns it off."""
-    if numba.config.CPU_NAME:
+    """Whether the kernels are compiled for a CPU with AVX-512 VBMI2: then LLVM's vector
+    compress of 16-bit lanes is one instruction (``vpcompressw``), elsewhere it is expanded
+    lane by lane. ``NUMBA_CPU_NAME`` naming a target other than the host turns it off."""
+    if numba.config.CPU_NAME and numba.config.CPU_NAME != "host":
         return False
     try:
         return bool(llvm.get_host_cpu_features().get("avx512vbmi2", False))
@@ -91,7 +91,8 @@ def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool):
     ``unroll`` inputs) into ``sets`` independent sets of sums (input ``u`` of a trip into set
     ``u % sets``), added pairwise at the end (chains of dependent adds ``1 / sets`` as long).
     ``compress``: the set bits of every word are first stored as a list of 16-bit row indices
-    (``masked.compressstore``: ``vpcompressw``, no branch) and one loop walks the whole
+    (``llvm.experimental.vector.compress`` of each half word's 32 lanes into a register,
+    ``vpcompressw``, then one whole-vector store; no branch) and one loop walks the whole
     receptive field's list (one loop exit per pixel, not one per word). Otherwise the loop
     walks each word's set bits (count trailing zeros, clear lowest bit).
     """
