@@ -11,7 +11,7 @@ close and spikes may flip only near θ, as in test_spike_conv.py.
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import spikekernels as sk
@@ -48,7 +48,7 @@ def test_currents(backend, path, case, res_kind):
     kw = dict(conv_kw, neuron=False, residual=res, residual_scale=scale)
     ref = sk.spike_conv2d(s, w, b, **kw, step_bias=sb, backend="reference")
     # the reference is exactly the documented formula
-    conv = F.conv2d(s.flatten(0, 1).float(), w, b, **conv_kw).view(shape)
+    conv = torch.cat([F.conv2d(st.float(), w, b, **conv_kw) for st in s]).view(shape)
     manual = conv + _folded(sb, res, scale, shape)
     assert torch.equal(ref, manual)
     x = sk.spike_conv2d(s, w, b, **kw, step_bias=sb, backend=backend)
@@ -227,6 +227,9 @@ def conv_cases(draw):
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=conv_cases())
+# found in CI: one image per conv call vs two rounded differently (the reference and the dense
+# path folded a chunk's steps into torch's batch), so a chunk split changed the membrane
+@example(case=(2, 1, 1, 1, 3, 1, 0, 3, 3, 0.5, 1.0, "subtract", 1, 1, "none", "dense"))
 def test_properties(backend, case):
     """Random shapes and densities: the reference within rounding, the folded residual exactly,
     and any chunk split (each chunk with its rows) equal to one call."""

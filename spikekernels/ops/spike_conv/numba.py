@@ -29,7 +29,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
@@ -37,6 +36,7 @@ from numba.extending import intrinsic
 from ... import _config
 from ..if_scan.numba import spike_buffer
 from . import numba_gather
+from .reference import step_convs
 from .numba_rows import (OUT_WORDS, _SPREAD, _current_row, _if_row, _residual_in, _spikes_out, _step_bias_row,
                          out_mode)
 
@@ -323,7 +323,8 @@ def _dense(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, r
         chunk = s[t0:t1]
         if s_f is not None:
             chunk = s_f[: t1 - t0].copy_(chunk)
-        x = F.conv2d(chunk.flatten(0, 1), weight, bias, stride=stride, padding=padding)
+        # one conv per step, as the reference: a chunk of steps must not change the rounding
+        x = step_convs(chunk, weight, bias, stride, padding)
         if not neuron:
             x = x.view(t1 - t0, B, Cout, Ho, Wo)
             extra = None if sb is None else sb[t0:t1].view(t1 - t0, 1, Cout, 1, 1)

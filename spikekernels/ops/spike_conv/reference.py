@@ -28,10 +28,23 @@ import torch.nn.functional as F
 from ..if_scan.reference import if_scan
 
 
+def step_convs(s, weight, bias, stride, padding) -> torch.Tensor:
+    """``F.conv2d`` of each step of ``s [T, B, Cin, H, W]`` on its own, as ``[T * B, Cout, H', W']`` float32.
+
+    One call per step (a batch of B images), never the T·B folded batch: torch's conv rounds
+    differently for different batch sizes (on CPU one image and two differ in the last bit
+    for most inputs), so folding steps into the batch would make a call split into chunks of
+    steps differ from one call over all of them, which every op promises not to.
+    """
+    T = s.shape[0]
+    steps = [F.conv2d(s[t].to(torch.float32), weight, bias, stride=stride, padding=padding) for t in range(T)]
+    return steps[0] if T == 1 else torch.cat(steps)
+
+
 def currents(s, weight, bias, stride, padding, residual, res_scale, step_bias=None) -> torch.Tensor:
     """The float32 input current ``[T, B, Cout, H', W']`` of the neurons, computed densely."""
     T, B = s.shape[:2]
-    x = F.conv2d(s.flatten(0, 1).to(torch.float32), weight, bias, stride=stride, padding=padding)
+    x = step_convs(s, weight, bias, stride, padding)
     x = x.view((T, B) + x.shape[1:])
     extra = None if step_bias is None else step_bias.view(T, 1, -1, 1, 1)
     if residual is not None:
