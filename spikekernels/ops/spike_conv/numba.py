@@ -36,9 +36,9 @@ from numba.extending import intrinsic
 from ... import _config
 from ..if_scan.numba import spike_buffer
 from . import numba_gather
+from .numba_rows import (_SPREAD, _current_row, _if_row, _residual_in, _spikes_out, _step_bias_row,
+                         spikes_out_views)
 from .reference import step_convs
-from .numba_rows import (OUT_WORDS, _SPREAD, _current_row, _if_row, _residual_in, _spikes_out, _step_bias_row,
-                         out_mode)
 
 # bytes of the largest temporary (float input chunk or current chunk) of the dense path: well
 # under glibc's 32 MiB mmap threshold, so chunks are recycled heap memory, not fresh pages
@@ -121,7 +121,8 @@ def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res,
     (uint8 input: 8 bytes a word, silent words skipped), each spike adds 8-float vectors
     (``_axpy8``), then the IF runs row by row channels-last with the membrane channels-last
     too (vectorized, clears the current), and the spikes are transposed to ``[Cout, H'W']``
-    8x8 at a time (``fast_out``, a ``_spikes_out`` mode); a uint8 residual comes in the same way (``fast_res``).
+    8x8 at a time (``fast_out``: a ``_spikes_out`` mode); a uint8 residual comes in the same
+    way (``fast_res``).
     ``sb [T, Cout]`` (``has_sb``): the per-step bias, spread over a row once per step.
     """
     T, B, Cin, H, W = s.shape
@@ -399,9 +400,7 @@ def _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, r
     use_words = s_np.dtype == np.uint8 and W % 8 == 0 and bool(xok.all())
     words = s_np.reshape(T, B, -1).view(np.uint64) if use_words else np.zeros((1, 1, 1), np.uint64)
     out4 = buf.reshape(T, B, Cout, Ho * Wo)
-    # uint8 spikes: whole 8-byte words per channel row; float32: rows of 8 from a table
-    fast_out = out_mode(out4, neuron, Ho * Wo)
-    out_words = out4.view(np.uint64) if fast_out == OUT_WORDS else np.zeros((1, 1, 1, 1), np.uint64)
+    fast_out, out_words = spikes_out_views(out4, neuron, Ho * Wo)
     # uint8 residual, whole 8-byte words per channel row: transposed by words too
     fast_res = res_np.dtype == np.uint8 and (Ho * Wo) % 8 == 0 and res_np.flags.c_contiguous
     res_words = res_np.view(np.uint64) if fast_res else np.zeros((1, 1), np.uint64)

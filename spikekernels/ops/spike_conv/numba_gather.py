@@ -49,8 +49,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..if_scan.numba import spike_buffer
-from .numba_rows import (OUT_WORDS, _SPREAD, _current_row, _if_row, _residual_in, _spikes_out, _step_bias_row,
-                         out_mode)
+from .numba_rows import (_SPREAD, _current_row, _if_row, _residual_in, _spikes_out, _step_bias_row,
+                         spikes_out_views)
 
 # accumulator vectors of 8 float32 per output pixel (ct = 8 * NV channels per tile); the
 # widest keeps 8 of AVX2's 16 ymm registers for the sums
@@ -315,8 +315,8 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
     ``wg [n_tiles, rows * ct]`` float32 weight rows. Per step and output row: ``_gather_sum``
     of each pixel into the channels-last row ``acc [W', ct]``, then the IF of the whole row
     (or the current when not ``neuron``) with the membrane channels-last too; per step the
-    spikes go to ``out [T, B, Cout, H'W']`` (``fast_out``: a ``_spikes_out`` mode; uint8 through ``out_words``). A
-    uint8 residual comes in channels-last once per step through ``res_words`` (``fast_res``),
+    spikes go to ``out [T, B, Cout, H'W']`` (``fast_out``: a ``_spikes_out`` mode; uint8
+    through ``out_words``). A uint8 residual comes in channels-last once per step through ``res_words`` (``fast_res``),
     any other residual row by row. ``sb [T, Cout]`` (``has_sb``): the per-step bias, spread
     channels-last over a row once per step.
     """
@@ -422,8 +422,7 @@ def weight_rows(weight: torch.Tensor, ct: int) -> np.ndarray:
 
     Row ``(ky * kw + kx) * 8 * Cb + ci`` of tile ``i`` holds output channels ``i * ct ...``
     (zeros past Cout and for the padded input channels); the last row of each tile is zeros.
-    Rearranging a 512-channel 3x3
-    weight (9.4 MB) costs more than the convolution at 10% density, so the rows are kept
+    Rearranging a 512-channel 3x3 weight (9.4 MB) costs more than the convolution at 10% density, so the rows are kept
     for the next call with the same weight: keyed by storage address and shape, valid while
     the tensor's version counter is unchanged (every in-place torch op bumps it) and a
     strided sample of 1024 of its values is unchanged (catches most writes that bypass the
@@ -502,9 +501,7 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     res_np = np.zeros((1, 1), np.float32) if res is None else res.numpy()
     sb_np = np.zeros((1, 1), np.float32) if step_bias is None else step_bias.numpy()
     out4 = buf.reshape(T, B, Cout, Ho * Wo)
-    # uint8 spikes: whole 8-byte words per channel row; float32: rows of 8 from a table
-    fast_out = out_mode(out4, neuron, Ho * Wo)
-    out_words = out4.view(np.uint64) if fast_out == OUT_WORDS else np.zeros((1, 1, 1, 1), np.uint64)
+    fast_out, out_words = spikes_out_views(out4, neuron, Ho * Wo)
     # uint8 residual, whole 8-byte words per channel row: read 8 pixels x 8 channels at a time
     fast_res = res_np.dtype == np.uint8 and (Ho * Wo) % 8 == 0 and res_np.flags.c_contiguous
     res_words = res_np.view(np.uint64) if fast_res else np.zeros((1, 1), np.uint64)

@@ -19,11 +19,19 @@ _SPREAD_F32 = np.array([[(b >> j) & 1 for j in range(8)] for b in range(256)], n
 OUT_ELEMENTS, OUT_WORDS, OUT_F32_ROWS = 0, 1, 2
 
 
-def out_mode(out: np.ndarray, neuron: bool, P: int) -> int:
-    """The ``_spikes_out`` mode for a spike output ``out`` with ``P`` pixels per channel row."""
-    if not neuron or P % 8:
-        return OUT_ELEMENTS
-    return OUT_WORDS if out.dtype == np.uint8 else OUT_F32_ROWS if out.dtype == np.float32 else OUT_ELEMENTS
+def spikes_out_views(out: np.ndarray, neuron: bool, P: int) -> tuple[int, np.ndarray]:
+    """``(mode, words)`` for ``_spikes_out`` writing the output ``out [T, B, Cout, P]``.
+
+    uint8 spikes with ``P`` a multiple of 8: OUT_WORDS and ``out`` viewed as uint64 (whole
+    8-byte words per channel row); float32 spikes, same ``P``: OUT_F32_ROWS (rows of 8 from a
+    table); otherwise, or without the neuron, OUT_ELEMENTS. ``words`` is a dummy unless
+    OUT_WORDS.
+    """
+    mode = OUT_ELEMENTS
+    if neuron and P % 8 == 0:
+        mode = OUT_WORDS if out.dtype == np.uint8 else OUT_F32_ROWS if out.dtype == np.float32 else OUT_ELEMENTS
+    words = out.view(np.uint64) if mode == OUT_WORDS else np.zeros((1, 1, 1, 1), np.uint64)
+    return mode, words
 
 
 @numba.njit(cache=True, fastmath=False, inline="always")

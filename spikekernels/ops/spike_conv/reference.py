@@ -29,7 +29,8 @@ from ..if_scan.reference import if_scan
 
 
 def step_convs(s, weight, bias, stride, padding) -> torch.Tensor:
-    """``F.conv2d`` of each step of ``s [T, B, Cin, H, W]`` on its own, as ``[T * B, Cout, H', W']`` float32.
+    """``F.conv2d`` of each step of ``s [T, B, Cin, H, W]`` on its own: ``[T * B, Cout, H', W']``
+    float32.
 
     One call per step (a batch of B images), never the T·B folded batch: torch's conv rounds
     differently for different batch sizes (on CPU one image and two differ in the last bit
