@@ -217,8 +217,14 @@ def _add_eval(sub) -> None:
     p.add_argument("--timesteps", type=_timesteps, default=[32, 64, 128], help="comma-separated T values, e.g. 32,64,128")
     p.add_argument("--limit", type=_positive, default=None,
                    help="evaluate on the first N test images (ImageFolder: the classes in turn; None: all)")
+    p.add_argument("--skip", type=_non_negative, default=0,
+                   help="leave out the first N test images (with --limit: run a long evaluation in parts, then "
+                        "add their --json files up with `sresnet merge`)")
     p.add_argument("--batch-size", type=_positive, default=32, help="images per simulation batch")
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "numba", "triton"], help="spikekernels backend")
+    p.add_argument("--network", type=Path, default=None,
+                   help="a network written by `sresnet convert`: simulate it instead of converting (no calibration; "
+                        "the conversion options below cannot be given with it)")
     _conversion_options(p)
     p.add_argument("--cost", action="store_true",
                    help="also count synaptic operations and energy per image over the same run")
@@ -229,6 +235,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--diagnose-images", type=_positive, default=32, help="test images used by --diagnose")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _common(p)
+    p.set_defaults(conversion_defaults={dest: p.get_default(dest) for dest in _CONVERSION_FLAGS.values()})
 
 
 def _run_eval(args) -> int:
@@ -237,20 +244,65 @@ def _run_eval(args) -> int:
 
     shard = init_from_env()
     prep = _preprocess(args)
+    if args.network is not None:
+        given = [flag for flag, dest in _CONVERSION_FLAGS.items()
+                 if getattr(args, dest) != args.conversion_defaults[dest]]
+        if given:
+            raise ValueError(f"--network is already converted, so {', '.join(given)} cannot be given with it (its own "
+                             "conversion settings are used and reported); run `sresnet convert` again to change them")
     name, ann = _load_model(args)
     data = args.data or args.data_dir
-    res = evaluate(
-        ann, None, data, args.timesteps, calib_data=args.calib_data, preprocess=prep, limit=args.limit,
-        batch_size=args.batch_size, workers=args.workers, backend=args.backend, calib_size=args.calib_size,
-        shortcut=args.shortcut, progress=not args.no_progress and shard.rank == 0, cost=args.cost,
-        diagnose=args.diagnose_images if args.diagnose is not None and shard.rank == 0 else 0,
-        **_conversion_kwargs(args),
-    )
+    common = dict(preprocess=prep, limit=args.limit, skip=args.skip, batch_size=args.batch_size, workers=args.workers,
+                  backend=args.backend, shortcut=args.shortcut, progress=not args.no_progress and shard.rank == 0,
+                  cost=args.cost, diagnose=args.diagnose_images if args.diagnose is not None and shard.rank == 0 else 0)
+    if args.network is not None:
+        from .io import load
+
+        snn = load(args.network)
+        arch = snn.info.get("arch")
+        if arch is not None and arch != name:
+            raise ValueError(f"--network {args.network} was converted from {arch}, not from --model {name}")
+        horizon = snn.info.get("horizon")
+        if horizon is not None and max(args.timesteps) > horizon and shard.rank == 0:
+            print(f"warning: --network {args.network} was calibrated for T <= {horizon}; steps past it reuse a "
+                  f"steady bias (--timesteps goes to {max(args.timesteps)})", file=sys.stderr)
+        res = evaluate(ann, None, data, args.timesteps, network=snn, **common)
+        res["network_file"] = str(args.network)
+    else:
+        res = evaluate(ann, None, data, args.timesteps, calib_data=args.calib_data, calib_size=args.calib_size,
+                       **common, **_conversion_kwargs(args))
     if shard.rank != 0:
         # torchrun: every rank has the merged numbers; rank 0 alone prints and writes
         return 0
     res.update(arch=name, model=name, checkpoint=None if args.checkpoint is None else str(args.checkpoint))
-    print(f"{name}: {res['num_images']} images of {res['dataset']['source']}, ANN accuracy "
+    _print_results(name, res)
+    if args.diagnose is not None:
+        from .diagnose import write_diagnosis
+
+        files = write_diagnosis(res.pop("diagnosis"), args.diagnose)
+        print(f"  diagnosis: {files[0]} and {files[1]}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(res, indent=2))
+    return 0
+
+
+# conversion options (flag: argparse dest) that a saved --network already fixed
+_CONVERSION_FLAGS = {
+    "--calib-data": "calib_data", "--calib-size": "calib_size", "--percentile": "percentile", "--method": "method",
+    "--horizon": "horizon", "--readout-delay": "readout_delay", "--compensation": "compensation",
+    "--calib-timesteps": "calib_timesteps", "--calib-subset": "calib_subset", "--readout": "readout",
+    "--per-channel": "per_channel", "--no-shortcut-norm": "no_shortcut_norm",
+    "--weight-calibration": "weight_calibration",
+}
+
+
+def _print_results(name: str, res: dict) -> None:
+    """The table of `sresnet eval` (also printed by `sresnet merge`)."""
+    first = res.get("first_image", 0)
+    which = f"images {first}..{first + res['num_images'] - 1}" if first else f"{res['num_images']} images"
+    if len(res.get("images", [])) > 1:
+        which = f"{res['num_images']} images ({', '.join(f'{a}..{b - 1}' for a, b in res['images'])})"
+    print(f"{name}: {which} of {res['dataset']['source']}, ANN accuracy "
           f"{100 * res['ann_accuracy']:.2f}% (top-5 {100 * res['ann_top5']:.2f}%)")
     print(f"  preprocessing: {_describe(res['preprocessing'])}")
     for t in res["timesteps"]:
@@ -263,11 +315,34 @@ def _run_eval(args) -> int:
         c = res["cost"]
         print(f"  per image at T={c['timesteps']}: {c['sops_per_image']:.3g} synaptic ops (SNN) vs "
               f"{c['ann_macs_per_image']:.3g} MACs (ANN); energy ANN / SNN {c['energy_ratio']:.2f}")
-    if args.diagnose is not None:
-        from .diagnose import write_diagnosis
 
-        files = write_diagnosis(res.pop("diagnosis"), args.diagnose)
-        print(f"  diagnosis: {files[0]} and {files[1]}")
+
+def _add_merge(sub) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="add up the --json results of an evaluation run in parts (--skip/--limit)",
+        description="Read the --json files of `sresnet eval` runs over disjoint image ranges of the same network and "
+        "test set (e.g. --skip 0 --limit 2500, --skip 2500 --limit 2500, ...), add their counts and print the "
+        "accuracies of all their images together. Parts that differ in a setting, or whose images overlap, are "
+        "refused.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("parts", type=Path, nargs="+", help="result files written by `sresnet eval --json`")
+    p.add_argument("--json", type=Path, default=None, help="also write the merged result to this file")
+    _common(p)
+
+
+def _run_merge(args) -> int:
+    from .evaluate import merge_results
+
+    parts = []
+    for path in args.parts:
+        try:
+            parts.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not a JSON file of `sresnet eval --json` ({exc})") from None
+    res = merge_results(parts, [str(p) for p in args.parts])
+    _print_results(res.get("model") or res.get("arch"), res)
     if args.json is not None:
         args.json.write_text(json.dumps(res, indent=2))
     return 0
@@ -335,7 +410,11 @@ def _run_convert(args) -> int:
     snn = convert(ann, calib, progress=not args.no_progress and shard.rank == 0, **_conversion_kwargs(args))
     if shard.rank != 0:
         return 0
-    snn.info["arch"] = name
+    # what `sresnet eval --network` reports about the conversion
+    snn.info.update(arch=name, checkpoint=None if args.checkpoint is None else str(args.checkpoint),
+                    calibration={"kind": ds.kind, "source": ds.source, "split": "calib"},
+                    calib_size=int(calib.shape[0]), calib_timesteps=args.calib_timesteps,
+                    calib_subset=min(args.calib_subset, int(calib.shape[0])))
     path = save(snn, args.out)
     print(f"wrote {path} ({len(snn.layers)} spiking layers, readout {snn.readout})")
     return 0
@@ -397,6 +476,7 @@ COMMANDS = {
     "demo": (_add_demo, _run_demo),
     "eval": (_add_eval, _run_eval),
     "convert": (_add_convert, _run_convert),
+    "merge": (_add_merge, _run_merge),
     "info": (_add_info, _run_info),
 }
 

@@ -332,15 +332,21 @@ def _one_thread(_: int) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int = 32, workers: int = 0, limit: int | None = None,
-                balanced: bool | None = None) -> DataLoader:
+                balanced: bool | None = None, skip: int = 0) -> DataLoader:
     """A DataLoader over ``dataset`` in a fixed order (no shuffling).
 
     Args:
         dataset: a map-style dataset of ``(float [C, H, W], int)`` items.
         batch_size: images per batch; workers: decoding processes (0: in this process).
-        limit: keep the first ``limit`` items (None: all).
+        limit: keep the first ``limit`` items after ``skip`` (None: all).
         balanced: take the classes in turn (:func:`class_interleaved`); default: for
             ImageFolders, whose files are sorted by class.
+        skip: leave out the first ``skip`` items of that order (so a long evaluation can be
+            run in parts: ``skip=0, limit=500``, then ``skip=500, limit=500``, ...).
+
+    Raises:
+        ValueError: a batch_size, workers, limit or skip out of range (skip past the end of
+            the dataset included: nothing would be left).
 
     Returns:
         a DataLoader yielding ``(images [B, C, H, W] float32, labels [B] int64)``.
@@ -351,20 +357,39 @@ def make_loader(dataset: Dataset, batch_size: int = 32, workers: int = 0, limit:
         raise ValueError(f"workers must be a non-negative int (0: decode in this process), got {workers!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+    check_skip(skip)
+    if skip >= len(dataset) > 0:
+        raise ValueError(f"skip={skip} leaves no image: the dataset has {len(dataset)}")
     if balanced is None:
         balanced = isinstance(dataset, ImageFolder)
+    stop = None if limit is None else skip + limit
     if balanced:
-        dataset = Subset(dataset, class_interleaved(dataset.targets, limit))
-    elif limit is not None and limit < len(dataset):
-        dataset = Subset(dataset, range(limit))
+        dataset = Subset(dataset, class_interleaved(dataset.targets, stop)[skip:])
+    elif skip or (stop is not None and stop < len(dataset)):
+        dataset = Subset(dataset, range(skip, len(dataset) if stop is None else min(stop, len(dataset))))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
                       worker_init_fn=_one_thread if workers else None)
 
 
-def limit_batches(batches: Iterable, limit: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The batches of ``batches`` up to ``limit`` images in all (the last one cut)."""
+def check_skip(skip) -> int:
+    """``skip`` if it is an int >= 0 (images left out at the start), else a ValueError."""
+    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+        raise ValueError(f"skip must be a non-negative int (images left out at the start), got {skip!r}")
+    return skip
+
+
+def limit_batches(batches: Iterable, limit: int | None, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of ``batches`` after the first ``skip`` images, up to ``limit`` images in all.
+
+    Batches straddling either edge are cut; the images skipped are still read (a plain
+    iterable cannot seek).
+    """
+    check_skip(skip)
     seen = 0
     for images, labels in batches:
+        if skip:
+            drop = min(skip, images.shape[0])
+            images, labels, skip = images[drop:], labels[drop:], skip - drop
         if limit is not None and seen + images.shape[0] > limit:
             images, labels = images[: limit - seen], labels[: limit - seen]
         if images.shape[0]:

@@ -212,6 +212,10 @@ def evaluate_snn(ann: nn.Module, snn: SpikingNetwork, data, labels: torch.Tensor
         "firing_rate_per_layer": {k: spikes[k] / (neurons[k] * T * n) for k in neurons},
         "images_per_second": {"ann": n / max(ann_time, 1e-9), "snn": n / max(snn_time, 1e-9)},
         "num_images": n,
+        # the integers behind the fractions: parts of one evaluation add up exactly (sresnet merge)
+        "counts": {"ann_correct": ann_correct, "ann_top5": ann_top5, "snn_correct": {str(t): correct[t] for t in ts},
+                   "snn_top5": {str(t): top5[t] for t in ts}, "agreement": {str(t): agree[t] for t in ts},
+                   "spikes": dict(spikes), "neurons": dict(neurons)},
         "world_size": shard.world,
         "num_classes": num_classes,
         "neurons_per_image": sum(neurons.values()),
@@ -220,6 +224,41 @@ def evaluate_snn(ann: nn.Module, snn: SpikingNetwork, data, labels: torch.Tensor
     if cost:
         result["cost"] = cost_from_maps(snn, maps, n, in_shape, T)
     return result
+
+
+def _first_images(data, preprocess, n: int) -> torch.Tensor:
+    """The first ``n`` test images (for the diagnosis), read again from the start."""
+    if isinstance(data, torch.Tensor):
+        return data[:n]
+    if isinstance(data, (str, Path, torch.utils.data.Dataset)):
+        return take(_open(data, "test", preprocess, min(n, 256), 0, n)[0], n)[0]
+    raise ValueError("diagnose needs data as a path, a dataset or an images tensor (batches from a "
+                     "loader can only be read once)")
+
+
+def _load_network(path) -> SpikingNetwork:
+    from .io import load
+
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"network must be a SpikingNetwork or the path of a saved one, got {type(path).__name__}")
+    return load(path)
+
+
+_CONVERSION_DEFAULTS: dict | None = None
+
+
+def _check_no_conversion_args(given: dict) -> None:
+    """ValueError naming the conversion arguments that differ from their defaults."""
+    import inspect
+
+    global _CONVERSION_DEFAULTS
+    if _CONVERSION_DEFAULTS is None:
+        _CONVERSION_DEFAULTS = {k: p.default for k, p in inspect.signature(evaluate).parameters.items()}
+    changed = [k for k, v in given.items() if not (v is _CONVERSION_DEFAULTS[k] or (
+        not isinstance(v, torch.Tensor) and v == _CONVERSION_DEFAULTS[k]))]
+    if changed:
+        raise ValueError(f"network is already converted, so {', '.join(changed)} cannot be given with it (the "
+                         "network's own conversion settings are used and reported); convert again to change them")
 
 
 def _neuron_info(snn: SpikingNetwork) -> dict:
@@ -263,7 +302,7 @@ def _resolve_preprocess(preprocess) -> Preprocess:
     raise TypeError(f"preprocess must be a preset name or a sresnet.preprocess.Preprocess, got {preprocess!r}")
 
 
-def _open(data, split: str, preprocess, batch_size: int, workers: int, limit: int | None):
+def _open(data, split: str, preprocess, batch_size: int, workers: int, limit: int | None, skip: int = 0):
     """(batches, description) for a path, a Dataset or an iterable of batches.
 
     The description holds kind, source (the file or folder read), split and preprocessing.
@@ -272,16 +311,16 @@ def _open(data, split: str, preprocess, batch_size: int, workers: int, limit: in
         prep = _resolve_preprocess("cifar-imagenet-stats" if preprocess is None else preprocess)
         ds = open_dataset(data, split, prep)
         info = {"kind": ds.kind, "source": ds.source, "split": split, "preprocessing": prep.describe()}
-        return make_loader(ds, batch_size, workers, limit), info
+        return make_loader(ds, batch_size, workers, limit, skip=skip), info
     info = {"kind": type(data).__name__, "source": None, "split": split, "preprocessing": None}
     if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
         if preprocess is not None:
             prep = _resolve_preprocess(preprocess)
             data, info["preprocessing"] = Transformed(data, prep), prep.describe()
-        return make_loader(data, batch_size, workers, limit, balanced=False), info
+        return make_loader(data, batch_size, workers, limit, balanced=False, skip=skip), info
     if preprocess is not None:
         raise ValueError("preprocess applies to paths and datasets; batches from a loader are used as they are")
-    return limit_batches(data, limit), info
+    return limit_batches(data, limit, skip), info
 
 
 def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timesteps: Sequence[int], *,
@@ -292,7 +331,8 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
              progress: bool = False, cost: bool = False, calib_timesteps: int = CALIB_TIMESTEPS,
              calib_subset: int = CALIB_SUBSET, method: str = "lowlat", horizon: int | None = None,
              readout_delay: float | None = None, weight_calibration: bool | float | None = False,
-             process_group=None, diagnose: int = 0) -> dict:
+             process_group=None, diagnose: int = 0, skip: int = 0,
+             network: SpikingNetwork | str | Path | None = None) -> dict:
     """Load a network and data, convert with calibration images, and measure ANN and SNN accuracy.
 
     Args:
@@ -314,6 +354,13 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
             behaviour before presets existed), datasets and batches are used as they are.
         limit: first N test images (ImageFolders: the classes in turn); batch_size: images per
             batch; workers: DataLoader processes decoding images (0: in this process).
+        skip: leave out the first ``skip`` test images of that order, so a long evaluation runs
+            in parts (``skip=0, limit=500``, ``skip=500, limit=500``, ...) whose JSONs
+            ``sresnet merge`` adds up; the result records it as ``first_image``.
+        network: an already converted network (a :class:`SpikingNetwork` or a file written by
+            :func:`sresnet.save` / ``sresnet convert``): no calibration runs, and the
+            conversion arguments below must stay at their defaults (the network's own settings
+            are reported). Every part of a split evaluation then simulates the same network.
         backend: spikekernels backend; calib_size: calibration images (the first ones;
             ImageFolders: the classes in turn).
         percentile, shortcut, compensation, readout, per_channel, shortcut_norm,
@@ -337,17 +384,49 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
 
     Raises:
         ValueError: no calibration data can be found (the message says what to pass),
-            calibration data that is the test data itself, and the errors of the loaders,
-            :func:`sresnet.load_checkpoint` and :func:`sresnet.convert`.
+            calibration data that is the test data itself, a conversion argument given with
+            ``network``, a ``network`` converted from another architecture, and the errors of
+            the loaders, :func:`sresnet.load_checkpoint`, :func:`sresnet.convert` and
+            :func:`sresnet.load`.
     """
     ts = _check_timesteps(list(timesteps))
+    if network is not None:
+        _check_no_conversion_args(dict(calib_data=calib_data, calib_size=calib_size, percentile=percentile,
+                                       compensation=compensation, readout=readout, per_channel=per_channel,
+                                       shortcut_norm=shortcut_norm, calib_timesteps=calib_timesteps,
+                                       calib_subset=calib_subset, method=method, horizon=horizon,
+                                       readout_delay=readout_delay, weight_calibration=weight_calibration))
     if isinstance(calib_size, bool) or not isinstance(calib_size, int) or calib_size < 1:
         raise ValueError(f"calib_size must be a positive int, got {calib_size!r}")
     if isinstance(model, nn.Module):
         ann, model_name = model.eval(), type(model).__name__
     else:
         ann, model_name = load_checkpoint(model, checkpoint, shortcut=shortcut, num_classes=num_classes), model
-    batches, data_info = _open(data, "test", preprocess, batch_size, workers, limit)
+    batches, data_info = _open(data, "test", preprocess, batch_size, workers, limit, skip)
+    if network is not None:
+        snn = network if isinstance(network, SpikingNetwork) else _load_network(network)
+        arch = snn.info.get("arch")
+        if arch is not None and isinstance(model, str) and arch != model:
+            raise ValueError(f"network was converted from {arch!r}, not from model {model!r}")
+        result = evaluate_snn(ann, snn, batches, timesteps=ts, batch_size=batch_size, backend=backend,
+                              progress=progress, cost=cost, process_group=process_group)
+        if diagnose:
+            result["diagnosis"] = run_diagnosis(snn, _first_images(data, preprocess, diagnose), ts[-1],
+                                                backend=backend)
+        info = snn.info
+        result.update({
+            "arch": model_name, "model": model_name, "preprocessing": data_info.pop("preprocessing"),
+            "dataset": data_info, "calibration": info.get("calibration"), "timesteps": ts,
+            "first_image": skip, "checkpoint": None if checkpoint is None else str(checkpoint),
+            "network_file": None if isinstance(network, SpikingNetwork) else str(network),
+            "calib_size": info.get("calib_size"), "percentile": info.get("percentile"),
+            "per_channel": info.get("per_channel"), "shortcut_norm": info.get("shortcut_norm"),
+            "compensation": info.get("compensation"), "readout": snn.readout, "method": info.get("method"),
+            "horizon": info.get("horizon"), "readout_delay": snn.network.readout.delay_fraction,
+            "weight_calibration": info.get("weight_calibration"), "calib_timesteps": info.get("calib_timesteps"),
+            "calib_subset": info.get("calib_subset"), "backend": backend or "auto", "convert_seconds": None,
+        })
+        return result
     if calib_data is None:
         if not isinstance(data, (str, Path)):
             raise ValueError("calib_data is required when data is not a path: calibrate on training images, "
@@ -373,14 +452,7 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
     result = evaluate_snn(ann, snn, batches, timesteps=ts, batch_size=batch_size, backend=backend,
                           progress=progress, cost=cost, process_group=process_group)
     if diagnose:
-        if isinstance(data, torch.Tensor):
-            first = data[:diagnose]
-        elif isinstance(data, (str, Path, torch.utils.data.Dataset)):
-            first, _ = take(_open(data, "test", preprocess, min(diagnose, 256), 0, diagnose)[0], diagnose)
-        else:
-            raise ValueError("diagnose needs data as a path, a dataset or an images tensor (batches from a "
-                             "loader can only be read once)")
-        result["diagnosis"] = run_diagnosis(snn, first, ts[-1], backend=backend)
+        result["diagnosis"] = run_diagnosis(snn, _first_images(data, preprocess, diagnose), ts[-1], backend=backend)
     calib_info.pop("preprocessing")
     result.update({
         "arch": model_name,
@@ -389,7 +461,9 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
         "dataset": data_info,
         "calibration": calib_info,
         "timesteps": ts,
+        "first_image": skip,
         "checkpoint": None if checkpoint is None else str(checkpoint),
+        "network_file": None,
         "calib_size": int(calib.shape[0]),
         "percentile": percentile,
         "per_channel": snn.info["per_channel"],
@@ -406,3 +480,95 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
         "convert_seconds": convert_s,
     })
     return result
+
+
+# what must agree between parts of one evaluation (the same network on the same test set)
+_SAME = ("arch", "checkpoint", "timesteps", "dataset", "preprocessing", "calibration", "calib_size", "percentile",
+         "per_channel", "shortcut_norm", "compensation", "readout", "method", "horizon", "readout_delay",
+         "weight_calibration", "calib_timesteps", "calib_subset", "neuron", "max_spikes", "num_classes",
+         "neurons_per_image")
+
+
+def merge_results(parts: Sequence[dict], names: Sequence[str] | None = None) -> dict:
+    """One result from the results of parts of an evaluation (``evaluate(..., skip=, limit=)``).
+
+    The counts are added, so the merged accuracies, firing rates and images per second are
+    exactly those of one run over all the parts' images (the simulation of an image does not
+    depend on the other images of its run when the parts' edges fall on batch edges; torch's
+    dense convolution can round a batch of 1 image and of 32 differently in the last bit).
+
+    Args:
+        parts: result dicts of :func:`evaluate` (e.g. the ``--json`` files of ``sresnet eval``),
+            each with ``counts`` and ``first_image``.
+        names: a label per part for the error messages (e.g. the file names).
+
+    Returns:
+        the result dict of :func:`evaluate` for the union of the parts' images, with ``parts``
+        (per part: name, first_image, num_images) and ``images`` (the merged image ranges as
+        ``[first, stop)`` pairs, in order; one pair when the parts are contiguous).
+
+    Raises:
+        ValueError: no parts, a part without counts (written by an older sresnet) or with
+            ``cost``, parts that differ in a setting of :data:`_SAME` (named), or parts whose
+            images overlap.
+    """
+    parts = list(parts)
+    names = list(names) if names is not None else [f"part {i + 1}" for i in range(len(parts))]
+    if not parts:
+        raise ValueError("no results to merge")
+    for name, p in zip(names, parts):
+        if "counts" not in p or "first_image" not in p:
+            raise ValueError(f"{name} has no counts or first_image: it was written by an sresnet older than "
+                             "merge; evaluate it again")
+        if "cost" in p:
+            raise ValueError(f"{name} holds --cost results, which merge does not add up; run --cost on one part "
+                             "(or on all the images) alone")
+    first = parts[0]
+    for name, p in zip(names[1:], parts[1:]):
+        diff = [k for k in _SAME if p.get(k) != first.get(k)]
+        if diff:
+            k = diff[0]
+            raise ValueError(f"{name} differs from {names[0]} in {', '.join(diff)} ({k}: {p.get(k)!r} vs "
+                             f"{first.get(k)!r}): only parts of the same evaluation can be merged")
+    order = sorted(range(len(parts)), key=lambda i: parts[i]["first_image"])
+    images: list[list[int]] = []
+    for i in order:
+        a, b = parts[i]["first_image"], parts[i]["first_image"] + parts[i]["num_images"]
+        if images and a < images[-1][1]:
+            other = next(j for j in order if parts[j]["first_image"] <= a < parts[j]["first_image"]
+                         + parts[j]["num_images"] and j != i)
+            raise ValueError(f"{names[i]} (images {a}..{b - 1}) overlaps {names[other]}: each image may be "
+                             "counted once")
+        if images and a == images[-1][1]:
+            images[-1][1] = b
+        else:
+            images.append([a, b])
+    ts = [str(t) for t in first["timesteps"]]
+    T = first["timesteps"][-1]
+    n = sum(p["num_images"] for p in parts)
+    c = {k: sum(p["counts"][k] for p in parts) for k in ("ann_correct", "ann_top5")}
+    # each part's time from its speed (the counts hold integers only)
+    seconds = {k: sum(p["num_images"] / p["images_per_second"][k] for p in parts) for k in ("ann", "snn")}
+    per_t = {k: {t: sum(p["counts"][k][t] for p in parts) for t in ts} for k in ("snn_correct", "snn_top5", "agreement")}
+    neurons = first["counts"]["neurons"]
+    spikes = {k: sum(p["counts"]["spikes"].get(k, 0) for p in parts) for k in neurons}
+    worlds = {p.get("world_size", 1) for p in parts}
+    merged = dict(first)
+    merged.update({
+        "ann_accuracy": c["ann_correct"] / n,
+        "snn_accuracy": {t: per_t["snn_correct"][t] / n for t in ts},
+        "ann_top5": c["ann_top5"] / n,
+        "snn_top5": {t: per_t["snn_top5"][t] / n for t in ts},
+        "agreement": {t: per_t["agreement"][t] / n for t in ts},
+        "firing_rate": firing_rate({"spikes": spikes, "neurons": neurons, "timesteps": T, "batch": n}),
+        "firing_rate_per_layer": {k: spikes[k] / (neurons[k] * T * n) for k in neurons},
+        "images_per_second": {k: n / max(v, 1e-9) for k, v in seconds.items()},
+        "num_images": n,
+        "counts": {**c, **per_t, "spikes": spikes, "neurons": neurons},
+        "first_image": images[0][0],
+        "world_size": worlds.pop() if len(worlds) == 1 else sorted(worlds),
+        "parts": [{"name": names[i], "first_image": parts[i]["first_image"], "num_images": parts[i]["num_images"]}
+                  for i in order],
+        "images": images,
+    })
+    return merged

@@ -368,3 +368,36 @@ def test_imagefolder_photos_with_imagenet_preset_equals_explicit_flags(tmp_path)
     for key in ("ann_accuracy", "snn_accuracy", "snn_top5", "firing_rate", "neurons_per_image"):
         assert a[key] == b[key], key
     assert a["neurons_per_image"] == 4 * 56 * 56  # one neuron per conv output of a 224x224 image
+
+
+def test_long_eval_in_parts_with_a_saved_network(r20, shared_dir, tmp_path, capsys):
+    # convert once, evaluate two image ranges from the file, merge: the same numbers as one run over
+    # all the images converting in-process with the same settings (the file loses nothing)
+    data = ["--data-dir", str(shared_dir / "data")]
+    conv = ["--calib-size", "32", "--calib-subset", "8", "--horizon", "8"]
+    net = tmp_path / "r20.snn"
+    assert main(["convert", "--arch", "resnet20", "--checkpoint", r20, *data, *conv, "--no-progress",
+                 "--out", str(net)]) == 0
+    run = ["eval", "--arch", "resnet20", "--checkpoint", r20, *data, "--timesteps", "4,8", "--batch-size", "8",
+           "--no-progress"]
+    whole, a, b, merged = (tmp_path / f"{k}.json" for k in ("whole", "a", "b", "merged"))
+    assert main([*run, *conv, "--limit", "24", "--json", str(whole)]) == 0
+    assert main([*run, "--network", str(net), "--limit", "16", "--json", str(a)]) == 0
+    assert main([*run, "--network", str(net), "--skip", "16", "--limit", "8", "--json", str(b)]) == 0
+    assert "images 16..23 of" in capsys.readouterr().out
+    assert main(["merge", str(b), str(a), "--json", str(merged)]) == 0
+    assert "24 images of" in capsys.readouterr().out
+    w, m = json.loads(whole.read_text()), json.loads(merged.read_text())
+    for key in ("counts", "snn_accuracy", "ann_accuracy", "agreement", "firing_rate", "num_images"):
+        assert m[key] == w[key], key
+    part = json.loads(b.read_text())
+    assert part["first_image"] == 16 and part["network_file"] == str(net) and part["horizon"] == 8
+    assert part["calibration"]["split"] == "calib" and part["calib_size"] == 32
+    # the saved network fixes the conversion: its options are refused, named as flags
+    code, err = _main(capsys, *run, "--network", str(net), "--horizon", "16", "--percentile", "99")
+    assert "--percentile, --horizon cannot be given with it" in _one_line_error(code, err)
+    code, err = _main(capsys, "eval", "--arch", "resnet56", "--checkpoint",
+                      str(shared_dir / "models" / "resnet56-4bfd9763.th"), *data, "--network", str(net), "--limit", "8")
+    assert "was converted from resnet20, not from --model resnet56" in _one_line_error(code, err)
+    code, err = _main(capsys, "merge", str(a), str(a))
+    assert "overlaps" in _one_line_error(code, err)

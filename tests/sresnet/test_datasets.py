@@ -164,6 +164,31 @@ def test_loader_limit_balanced_and_workers_agree(tmp_path):
         make_loader(ds, workers=-1)
 
 
+def test_loader_skip_continues_the_same_order(tmp_path):
+    # parts of a long evaluation: skip=k, limit=m must be items k..k+m-1 of the unsplit order,
+    # class-interleaved for ImageFolders, plain otherwise
+    _folder(tmp_path, ["a", "b", "c"], per_class=4)
+    ds = ImageFolder(tmp_path)
+    for balanced in (None, False):
+        whole = torch.cat([x for x, _ in make_loader(ds, batch_size=5, balanced=balanced)])
+        for skip, limit in ((0, 4), (4, 5), (9, 100), (11, None)):
+            part = torch.cat([x for x, _ in make_loader(ds, batch_size=5, limit=limit, skip=skip, balanced=balanced)])
+            assert torch.equal(part, whole[skip: None if limit is None else skip + limit]), (balanced, skip, limit)
+    with pytest.raises(ValueError, match="skip=12 leaves no image: the dataset has 12"):
+        make_loader(ds, skip=12)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="skip must be a non-negative int"):
+            make_loader(ds, skip=bad)
+
+
+def test_limit_batches_skip_cuts_batches_at_both_edges():
+    batches = [(torch.arange(3 * i, 3 * i + 3).view(3, 1).float(), torch.arange(3 * i, 3 * i + 3)) for i in range(4)]
+    got = list(limit_batches(batches, 5, skip=4))
+    assert [y.tolist() for _, y in got] == [[4, 5], [6, 7, 8]]
+    assert [y.tolist() for _, y in limit_batches(batches, None, skip=10)] == [[10, 11]]
+    assert list(limit_batches(batches, None, skip=12)) == []
+
+
 def test_collate_mixed_sizes_is_a_clear_error():
     batch = [(torch.zeros(3, 8, 8), 0), (torch.zeros(3, 9, 8), 1)]
     with pytest.raises(ValueError, match=r"different sizes in one batch \(3x8x8 and 3x9x8\).*--resize and --crop"):

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import sresnet
 from _sresnet_nets import make
 from sresnet.datasets import Transformed
+from sresnet.evaluate import merge_results
 from sresnet.preprocess import make_preprocess
 
 TS = [4, 9]
@@ -168,3 +169,62 @@ def test_errors(net):
     with pytest.raises(ValueError, match="timesteps is missing"):
         sresnet.evaluate_snn(ann, snn, [(x, y)])
     assert ann.training is False
+
+
+def _counts_and_rates(res):
+    keep = ("ann_accuracy", "snn_accuracy", "ann_top5", "snn_top5", "agreement", "firing_rate",
+            "firing_rate_per_layer", "num_images")
+    return {k: res[k] for k in keep}, res["counts"]
+
+
+def test_parts_merge_to_the_whole(net, tmp_path):
+    # a long evaluation split with skip/limit (part edges on batch edges) adds up to the unsplit run exactly
+    ann, snn = net
+    x, y = _data(11)
+    ds = TensorDataset(x, y)
+    whole = sresnet.evaluate(ann, None, ds, TS, network=snn, batch_size=4)
+    assert whole["first_image"] == 0 and whole["num_images"] == 11 and whole["convert_seconds"] is None
+    assert sum(whole["counts"]["snn_correct"].values()) > 0
+    parts = [sresnet.evaluate(ann, None, ds, TS, network=snn, batch_size=4, skip=s, limit=l)
+             for s, l in ((8, None), (0, 4), (4, 4))]
+    assert [p["first_image"] for p in parts] == [8, 0, 4] and [p["num_images"] for p in parts] == [3, 4, 4]
+    merged = merge_results(parts, ["c.json", "a.json", "b.json"])
+    assert _counts_and_rates(merged) == _counts_and_rates(whole)
+    assert merged["images"] == [[0, 11]] and [p["name"] for p in merged["parts"]] == ["a.json", "b.json", "c.json"]
+    # the counts match the fractions the run reports
+    assert whole["snn_accuracy"] == {t: c / 11 for t, c in whole["counts"]["snn_correct"].items()}
+    # a saved network gives the same numbers as the object it was saved from
+    path = sresnet.save(snn, tmp_path / "net.snn")
+    again = sresnet.evaluate(ann, None, ds, TS, network=path, batch_size=4)
+    assert _counts_and_rates(again) == _counts_and_rates(whole) and again["network_file"] == str(path)
+
+
+def test_merge_refuses_what_does_not_add_up(net):
+    ann, snn = net
+    ds = TensorDataset(*_data(8))
+    a = sresnet.evaluate(ann, None, ds, TS, network=snn, batch_size=4, limit=4)
+    b = sresnet.evaluate(ann, None, ds, TS, network=snn, batch_size=4, skip=2, limit=4)
+    with pytest.raises(ValueError, match=r"y.json \(images 2..5\) overlaps x.json: each image may be counted once"):
+        merge_results([a, b], ["x.json", "y.json"])
+    c = sresnet.evaluate(ann, None, ds, [4, 8], network=snn, batch_size=4, skip=4)
+    with pytest.raises(ValueError, match=r"part 2 differs from part 1 in timesteps \(timesteps: \[4, 8\] vs \[4, 9\]\)"):
+        merge_results([a, c])
+    old = {k: v for k, v in a.items() if k != "counts"}
+    with pytest.raises(ValueError, match="old.json has no counts or first_image: .*older than merge"):
+        merge_results([old], ["old.json"])
+    with pytest.raises(ValueError, match="holds --cost results"):
+        merge_results([{**a, "cost": {}}])
+    with pytest.raises(ValueError, match="no results to merge"):
+        merge_results([])
+    # a gap is allowed and shown
+    d = sresnet.evaluate(ann, None, ds, TS, network=snn, batch_size=4, skip=6)
+    assert merge_results([d, a])["images"] == [[0, 4], [6, 8]]
+
+
+def test_network_with_conversion_arguments_is_an_error(net):
+    ann, snn = net
+    ds = TensorDataset(*_data(4))
+    with pytest.raises(ValueError, match="network is already converted, so percentile, horizon cannot be given"):
+        sresnet.evaluate(ann, None, ds, TS, network=snn, percentile=99.0, horizon=16)
+    with pytest.raises(TypeError, match="network must be a SpikingNetwork or the path of a saved one, got int"):
+        sresnet.evaluate(ann, None, ds, TS, network=3)
