@@ -52,8 +52,9 @@ from ..if_scan.numba import spike_buffer
 from .numba_rows import (_SPREAD, _current_row, _if_row, _residual_in, _spikes_out, _step_bias_row,
                          spikes_out_views)
 
-# accumulator vectors of 8 float32 per output pixel (ct = 8 * NV channels per tile); the
-# widest keeps 8 of AVX2's 16 ymm registers for the sums
+# accumulator width per output pixel in units of 8 float32 (ct = 8 * nv channels per tile); in
+# the generated code an even nv is nv / 2 vectors of 16 lanes (one zmm each with AVX-512,
+# two ymm with AVX2: the same adds per lane either way), an odd one vectors of 8
 VECTORS = (1, 2, 4, 8)
 # rearranged weights kept between calls, most recent last: (weight, version, sample, rows)
 WEIGHT_CACHE_BYTES = 128 * 2**20
@@ -78,13 +79,15 @@ COMPRESS = _host_compresses()
 # entries of that list (16-bit row indices); larger receptive fields take the bit walk
 LIST_CAP = 8192
 # per accumulator width nv: (active inputs added per trip of the add loop, independent sets of
-# sums), measured on ResNet-20/18 layer shapes (bench/RESULTS.md "Session 6"); without the
-# list, 8 vectors keep one set (16 ymm registers on AVX2)
-WALK = {1: (4, 4), 2: (4, 4), 4: (4, 4), 8: (2, 2)} if COMPRESS else {1: (2, 2), 2: (2, 2), 4: (2, 2), 8: (2, 1)}
+# sums), measured on ResNet-20/18 layer shapes (bench/RESULTS.md "Session 6" and "Session 7";
+# with the list the CPU has AVX-512's 32 vector registers: nv = 8 keeps 4 sets of 4 zmm);
+# without the list, 8 vectors keep one set (16 ymm registers on AVX2)
+WALK = {1: (4, 4), 2: (4, 4), 4: (4, 4), 8: (4, 4)} if COMPRESS else {1: (2, 2), 2: (2, 2), 4: (2, 2), 8: (2, 1)}
 
 
 def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool):
-    """LLVM IR of ``_gather_sum`` for ``nv`` accumulator vectors (``ct = 8 * nv``).
+    """LLVM IR of ``_gather_sum`` for ``ct = 8 * nv`` channels of sums (vectors of 16 lanes for
+    an even ``nv``, of 8 for an odd one; each lane's additions are the same either way).
 
     The active inputs' weight rows are added ``unroll`` per trip of a loop (rows past the last
     active one are the zero row at the end of ``w``: no branch per input, one loop exit per
@@ -97,7 +100,9 @@ def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool):
     walks each word's set bits (count trailing zeros, clear lowest bit).
     """
     i64, i16 = ir.IntType(64), ir.IntType(16)
-    vt = ir.VectorType(ir.FloatType(), 8)
+    lw = 16 if nv % 2 == 0 else 8
+    nvec = 8 * nv // lw
+    vt = ir.VectorType(ir.FloatType(), lw)
     shift = ir.Constant(i64, (8 * nv).bit_length() - 1)
 
     def codegen(context, builder, sig, args):
@@ -114,14 +119,14 @@ def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool):
         zero_row = builder.sub(cgutils.unpack_tuple(builder, w.shape, 1)[0], ir.Constant(i64, 8 * nv))
         zero, one = ir.Constant(i64, 0), ir.Constant(i64, 1)
         # allocas in the entry block: LLVM promotes the scalars and sums to registers (mem2reg)
-        sums = [[cgutils.alloca_once_value(builder, ir.Constant(vt, [0.0] * 8)) for _ in range(nv)]
+        sums = [[cgutils.alloca_once_value(builder, ir.Constant(vt, [0.0] * lw)) for _ in range(nvec)]
                 for _ in range(sets)]
         bytes_ = builder.bitcast(pk.data, ir.IntType(8).as_pointer())
 
         def add_rows(rows):
             for u, row in enumerate(rows):
-                for k in range(nv):
-                    src = builder.gep(w.data, [builder.add(row, ir.Constant(i64, 8 * k))])
+                for k in range(nvec):
+                    src = builder.gep(w.data, [builder.add(row, ir.Constant(i64, lw * k))])
                     val = builder.load(builder.bitcast(src, vt.as_pointer()), align=4)
                     acc_k = sums[u % sets][k]
                     builder.store(builder.fadd(builder.load(acc_k), val), acc_k)
@@ -205,11 +210,11 @@ def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool):
                     walk_words()
         else:
             walk_words()
-        for k in range(nv):
+        for k in range(nvec):
             parts = [builder.load(sums[m][k]) for m in range(sets)]
             while len(parts) > 1:
                 parts = [builder.fadd(parts[m], parts[m + 1]) for m in range(0, len(parts), 2)]
-            dst = builder.gep(acc.data, [builder.add(aoff, ir.Constant(i64, 8 * k))])
+            dst = builder.gep(acc.data, [builder.add(aoff, ir.Constant(i64, lw * k))])
             builder.store(parts[0], builder.bitcast(dst, vt.as_pointer()), align=4)
         return context.get_dummy_value()
 
@@ -247,8 +252,9 @@ def _make_gather(nv: int):
         """``acc[aoff:aoff + 8 nv] = Σ`` over words ``i < nw`` of ``pk[base + toff[i]:+8] & mask[i]``
         (a little-endian uint64) and its set bits ``j`` of ``w[wrow[i] + j * 8 nv:+8 nv]``.
 
-        The sums are ``nv`` ``<8 x float>`` values kept in registers across the whole bit walk
-        (an array accumulator would be reloaded and stored per active input).
+        The sums are ``<16 x float>`` (even ``nv``) or ``<8 x float>`` values kept in registers
+        across the whole bit walk (an array accumulator would be reloaded and stored per active
+        input).
         """
         return types.void(pk, base, toff, wrow, mask, nw, w, acc, aoff), _gather_codegen(nv, unroll, sets, COMPRESS)
 
