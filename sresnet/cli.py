@@ -453,9 +453,13 @@ def _run_info(args) -> int:
         print(f"{mod:12s} {version(mod)}")
     print(f"CUDA         {'available: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}")
     for dev in ("cpu", "cuda"):
+        # the cuda rows say whether a backend takes CUDA tensors; without a device none can run
+        nodev = ""
+        if dev == "cuda" and not torch.cuda.is_available():
+            nodev = " for CUDA tensors, but there is no CUDA device here"
         for b in ("reference", "numba", "triton"):
             reason = _dispatch.unavailable_reason(b, torch.device(dev))
-            print(f"  {dev:4s} {b:9s} {'ok' if reason is None else 'no: ' + reason}")
+            print(f"  {dev:4s} {b:9s} {'ok' + nodev if reason is None else 'no: ' + reason}")
     try:
         import llvmlite.binding as llvm
         import numba

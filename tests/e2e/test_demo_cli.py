@@ -59,6 +59,11 @@ def test_info_lists_backends():
     for word in ("torch", "numba", "triton", "cpu", "cuda", "reference", "SPIKEKERNELS_BACKEND"):
         assert word in r.stdout
     assert "cpu  numba     ok" in r.stdout
+    import torch
+
+    if not torch.cuda.is_available():
+        # a machine without CUDA must not read as if Triton could run here
+        assert "cuda triton    ok for CUDA tensors, but there is no CUDA device here" in r.stdout
     from spikekernels.ops.spike_conv import numba_gather
 
     walk = "list of active inputs" if numba_gather.COMPRESS else "bit walk per word"
