@@ -22,8 +22,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m sresnet demo --out demo_out
 
+# one pytest-xdist worker per core: most of the suite is single-threaded (Numba's first
+# compile of each kernel, small tensors), so 2 cores run it in about half the time
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto tests
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest bench --benchmark-only --benchmark-autosave
