@@ -206,8 +206,10 @@ class Executor:
             return sk.signed_scan(cur, nrn.threshold, v0, return_state=True, spike_dtype=torch.float32, backend=be)
         main = layer.main
         if layer.kind == "stem" or main is None:
-            cur = self.layer_current(layer, outs, steps, stem_current, rows)
-            return sk.if_scan(cur, nrn.threshold, v0, nrn.reset, **kw)
+            # the bias schedule's rows go in as step_bias: the stem's constant current stays an
+            # expand (never materialized per step); same float32 operations as current + rows
+            cur = self.layer_current(layer, outs, steps, stem_current)
+            return sk.if_scan(cur, nrn.threshold, v0, nrn.reset, step_bias=rows, **kw)
         x = outs[main.source]
         for op in main.pre:
             x = apply_op(op, x, be)

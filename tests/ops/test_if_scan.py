@@ -101,6 +101,58 @@ def test_chunked_equals_whole(backend, split):
     assert torch.equal(v2, v_all)
 
 
+@pytest.mark.parametrize("T,shape", [(7, (2, 3, 7, 7)), (4, (3, 2, 45, 47)), (5, (2, 4))],
+                         ids=["T7-2x3x7x7", "T4-crosses-blocks", "T5-features"])
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("constant", [False, True], ids=["varying", "expanded"])
+def test_step_bias_equals_the_bias_added_to_the_current(backend, T, shape, reset, constant):
+    # v += (x[t] + β[t, c]) in the kernel: bit for bit the current x + β given whole, also for a
+    # current constant over T passed as an expand (the stem of a converted network); numba's
+    # block of 2048 neurons and Triton's 1024 fall inside channels on the 45x47 maps
+    x = _currents(1 if constant else T, shape, seed=3)
+    x = x.expand(T, *shape) if constant else x
+    C = shape[1]
+    g = torch.Generator().manual_seed(4)
+    beta = torch.randn(T, C, generator=g) * 0.3
+    whole = x + beta.view(T, 1, C, *([1] * (len(shape) - 2)))
+    s_ref, v_ref = _run(whole.contiguous(), "reference", threshold=0.6, reset=reset)
+    for be in ("reference", backend):
+        s, v = _run(x, be, threshold=0.6, reset=reset, step_bias=beta)
+        assert torch.equal(s, s_ref), be
+        assert torch.equal(v, v_ref), be
+    # a split call continues exactly with the rows of its own steps
+    k = T // 2
+    s1, v1 = _run(x[:k], backend, threshold=0.6, reset=reset, step_bias=beta[:k])
+    s2, v2 = _run(x[k:], backend, threshold=0.6, reset=reset, step_bias=beta[k:], v0=v1)
+    assert torch.equal(torch.cat([s1, s2]), s_ref) and torch.equal(v2, v_ref)
+
+
+def test_step_bias_gradient_through_the_materialized_sum():
+    x = _currents(5, (2, 3, 4)).requires_grad_()
+    beta = (torch.randn(5, 3) * 0.2).requires_grad_()
+    s, v = sk.if_scan(x, 0.5, step_bias=beta, return_state=True, spike_dtype=torch.float32)
+    (s.sum() + v.sum()).backward()
+    x2 = x.detach().clone().requires_grad_()
+    beta2 = beta.detach().clone().requires_grad_()
+    s2, v2 = sk.if_scan(x2 + beta2.view(5, 1, 3, 1), 0.5, return_state=True, spike_dtype=torch.float32)
+    (s2.sum() + v2.sum()).backward()
+    assert torch.equal(s, s2) and torch.equal(v, v2)
+    assert torch.equal(x.grad, x2.grad) and torch.equal(beta.grad, beta2.grad)
+    assert beta.grad.abs().sum() > 0
+
+
+def test_step_bias_errors():
+    x = _currents(4, (2, 3, 5))
+    with pytest.raises(ValueError, match=r"step_bias has shape \(4, 5\); expected \[T, C\] = \[4, 3\]"):
+        sk.if_scan(x, step_bias=torch.zeros(4, 5))
+    with pytest.raises(TypeError, match="step_bias must be a torch.Tensor"):
+        sk.if_scan(x, step_bias=[0.0] * 3)
+    with pytest.raises(ValueError, match="step_bias contains NaN or Inf"):
+        sk.if_scan(x, step_bias=torch.full((4, 3), float("nan")))
+    with pytest.raises(ValueError, match=r"step_bias needs x with a channel dim \(dim 2\): x has shape \(4, 2\)"):
+        sk.if_scan(_currents(4, (2,)), step_bias=torch.zeros(4, 2))
+
+
 def test_given_state_is_not_modified(backend):
     x = _currents(4, (2, 3))
     v0 = torch.zeros(2, 3)

@@ -15,10 +15,11 @@ BLOCK = 2048
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def _if_scan_kernel(x, T, thr, inner, v, out, reset_zero, v_reset):
+def _if_scan_kernel(x, T, thr, inner, v, out, reset_zero, v_reset, sb, has_sb):
     n = v.shape[0]
     const = x.shape[0] == 1
     n_chan = thr.shape[0]
+    n_sb = sb.shape[1]
     vr = np.float32(v_reset)
     zero = np.float32(0.0)
     nblk = (n + BLOCK - 1) // BLOCK
@@ -29,9 +30,20 @@ def _if_scan_kernel(x, T, thr, inner, v, out, reset_zero, v_reset):
         for i in range(lo, hi):
             th[i - lo] = thr[(i // inner) % n_chan]
         vb = v[lo:hi]
+        xs = np.empty(hi - lo if has_sb else 1, np.float32)
         for t in range(T):
             xt = x[0, lo:hi] if const else x[t, lo:hi]
             ot = out[t, lo:hi]
+            if has_sb:
+                # x + β_t of each neuron's channel, the block in runs of one channel (each run vectorizes)
+                i = lo
+                while i < hi:
+                    stop = min(hi, (i // inner + 1) * inner)
+                    beta = sb[t, (i // inner) % n_sb]
+                    for j in range(i, stop):
+                        xs[j - lo] = xt[j - lo] + beta
+                    i = stop
+                xt = xs
             if reset_zero:
                 for i in range(hi - lo):
                     vi = vb[i] + xt[i]
@@ -67,8 +79,9 @@ def spike_buffer(out: torch.Tensor) -> tuple[np.ndarray, torch.Tensor | None]:
     return stage.numpy(), stage
 
 
-def if_scan(x, T: int, thr, inner: int, v, out, reset_zero: bool, v_reset: float) -> None:
+def if_scan(x, T: int, thr, inner: int, v, out, reset_zero: bool, v_reset: float, sb=None) -> None:
     buf, stage = spike_buffer(out)
-    _if_scan_kernel(as_numpy_f32(x), T, thr.numpy(), inner, v.numpy(), buf, reset_zero, v_reset)
+    sb_np = np.zeros((1, 1), np.float32) if sb is None else sb.numpy()
+    _if_scan_kernel(as_numpy_f32(x), T, thr.numpy(), inner, v.numpy(), buf, reset_zero, v_reset, sb_np, sb is not None)
     if stage is not None:
         out.copy_(stage)

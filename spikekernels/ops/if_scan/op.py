@@ -27,6 +27,7 @@ def if_scan(
     surrogate: Surrogate | str | None = None,
     detach_reset: bool = False,
     backend: str | None = None,
+    step_bias: torch.Tensor | None = None,
 ):
     """Multi-step integrate-and-fire neuron over a time-major current.
 
@@ -52,22 +53,44 @@ def if_scan(
             (SpikingJelly's ``detach_reset``); False (default) propagates through it.
         backend: "auto", "reference", "numba" or "triton" for this call (default:
             SPIKEKERNELS_BACKEND, else auto).
+        step_bias: None, or a bias per time step and channel ``[T, C]`` (float, any float
+            dtype, used as float32; C = dim 2 of x, so x needs at least 3 dims) added to the
+            current inside the kernel: ``v += (x[t] + step_bias[t, c])``, the float32
+            operations of passing ``x + step_bias[:, None, :, None, ...]`` as the current, so
+            a constant current ``c.expand(T, ...)`` with a per-step bias (a converted
+            network's analog first layer under a bias schedule) is never materialized T
+            times. Split calls pass the rows of the steps they cover.
 
     Returns:
         spikes ``[T, B, ...]`` of 0/1, and the membrane ``[B, ...]`` when ``return_state``.
 
-    Gradients: when x, a threshold tensor or a v0 tensor requires grad (grad mode on), or
-    under torch.compile, the spikes and membrane carry a grad_fn: backpropagation through
-    time with the surrogate derivative (equations in ops/if_scan/README.md), giving dL/dx,
-    dL/dthreshold and dL/dv0 (v0=None is θ/2, so it feeds dL/dthreshold too). The spike
-    dtype must then be a float dtype. Otherwise the inference kernel runs unchanged.
+    Gradients: when x, a threshold tensor, a v0 tensor or step_bias requires grad (grad
+    mode on), or under torch.compile, the spikes and membrane carry a grad_fn:
+    backpropagation through time with the surrogate derivative (equations in
+    ops/if_scan/README.md), giving dL/dx, dL/dthreshold and dL/dv0 (v0=None is θ/2, so it
+    feeds dL/dthreshold too); a step_bias is then added to x by torch first (materialized),
+    so dL/dstep_bias comes through that sum. The spike dtype must then be a float dtype.
+    Otherwise the inference kernel runs unchanged.
+
+    Raises:
+        TypeError / ValueError: a bad x, threshold, v0, reset, spike_dtype or backend, or a
+            step_bias that is not a finite float tensor of shape ``[T, C]`` on x's device
+            (or given with an x of fewer than 3 dims).
 
     Example:
         >>> x = torch.rand(8, 2, 4)
         >>> s, v = if_scan(x, threshold=1.0, return_state=True)
         >>> s2, _ = if_scan(x[4:], v0=if_scan(x[:4], return_state=True)[1], return_state=True)
     """
-    if autograd.needed(x, threshold, v0):
+    if step_bias is not None:
+        _checks.check_tensor(x, "x", min_dim=2)
+        if x.dim() < 3:
+            raise ValueError(f"step_bias needs x with a channel dim (dim 2): x has shape {tuple(x.shape)}; "
+                             "accepted: [T, B, C, ...]")
+        _checks.check_step_bias(step_bias, x.shape[0], x.shape[2], x.device)
+    if autograd.needed(x, threshold, v0, step_bias):
+        if step_bias is not None:
+            x = x + step_bias.view(*step_bias.shape[:1], 1, step_bias.shape[1], *([1] * (x.dim() - 3)))
         return autograd.if_scan(x, threshold, v0, reset, return_state, v_reset, spike_dtype, surrogate,
                                 detach_reset, backend)
     _checks.check_tensor(x, "x", min_dim=2)
@@ -78,5 +101,7 @@ def if_scan(
     v = _checks.initial_membrane(v0, thr, x.shape[1:], x.device)
     out = _checks.new_output(x.shape, spike_dtype, x.device)
     impl = _dispatch.resolve("if_scan", x.device, IMPLS, backend)
-    impl(_checks.time_source(x), T, thr, _checks.inner_size(x.shape), v.view(-1), out.view(T, -1), reset_zero, float(v_reset))
+    sb = None if step_bias is None else step_bias.detach().to(torch.float32).contiguous()
+    impl(_checks.time_source(x), T, thr, _checks.inner_size(x.shape), v.view(-1), out.view(T, -1), reset_zero,
+         float(v_reset), sb)
     return (out, v) if return_state else out

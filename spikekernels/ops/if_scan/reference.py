@@ -7,7 +7,9 @@ Contract shared by every backend (the op in ``op.py`` prepares the arguments):
 - ``thr``: float32 ``[C]``; neuron n (flat index over all dims after T) has threshold
   ``thr[(n // inner) % C]``;
 - ``v``: float32 ``[N]`` membrane, read as the start state and overwritten with the final one;
-- ``out``: spikes ``[T, N]`` (float, uint8 or bool), fully overwritten.
+- ``out``: spikes ``[T, N]`` (float, uint8 or bool), fully overwritten;
+- ``sb``: None, or a float32 ``[T, Cs]`` bias per step and channel added to the current:
+  ``v = v + (x[t] + sb[t, (n // inner) % Cs])`` (those float32 operations in that order).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ def per_neuron(thr: torch.Tensor, inner: int, n: int) -> torch.Tensor:
     return thr[idx]
 
 
-def if_scan(x, T: int, thr, inner: int, v, out, reset_zero: bool, v_reset: float) -> None:
+def if_scan(x, T: int, thr, inner: int, v, out, reset_zero: bool, v_reset: float, sb=None) -> None:
     theta = per_neuron(thr, inner, v.numel())
     for t in range(T):
-        v += x[t if x.shape[0] > 1 else 0].to(torch.float32)
+        xt = x[t if x.shape[0] > 1 else 0].to(torch.float32)
+        v += xt if sb is None else xt + per_neuron(sb[t], inner, v.numel())
         s = v >= theta
         if reset_zero:
             v.masked_fill_(s, v_reset)
