@@ -51,6 +51,26 @@ def test_if_scan_cpu(benchmark, currents, provider, spike_dtype):
     _throughput(benchmark, x.numel(), x.numel() * (4 + spike_dtype.itemsize))
 
 
+@pytest.mark.parametrize("form", ["step_bias", "materialized"])
+def test_if_scan_constant_current_with_step_bias_cpu(benchmark, form):
+    """A converted network's analog first layer: a current constant over T (an expand) plus its
+    bias schedule's row per step, as ``step_bias`` (in the kernel) or added by torch first."""
+    g = torch.Generator().manual_seed(1)
+    steps = 16  # one chunk of sresnet's simulation at B=32 on ResNet-20
+    c = torch.randn((1, B, C, H, W), generator=g) * 0.3
+    x = c.expand(steps, B, C, H, W)
+    rows = torch.randn((steps, C), generator=g) * 0.1
+    kw = {"spike_dtype": torch.uint8, "backend": "numba"}
+    expected = sk.if_scan(x + rows.view(steps, 1, C, 1, 1), **kw)
+    if form == "step_bias":
+        fn, args, kwargs = sk.if_scan, (x,), {"step_bias": rows, **kw}
+    else:
+        fn, args, kwargs = (lambda: sk.if_scan(x + rows.view(steps, 1, C, 1, 1), **kw)), (), {}
+    assert torch.equal(fn(*args, **kwargs), expected)
+    benchmark.group = f"if_scan, constant current + step bias, T={steps} B={B} C={C} {H}x{W} (CPU, numba)"
+    benchmark.pedantic(fn, args=args, kwargs=kwargs, rounds=15, warmup_rounds=1)
+
+
 @pytest.mark.parametrize("spike_dtype", SPIKE_DTYPES, ids=SPIKE_IDS)
 @pytest.mark.parametrize("provider", CPU_PROVIDERS)
 def test_residual_merge_cpu(benchmark, currents, provider, spike_dtype):
