@@ -202,20 +202,11 @@ def evaluate_snn(ann: nn.Module, snn: SpikingNetwork, data, labels: torch.Tensor
         ann_time, snn_time = max(p[5] for p in parts), max(p[6] for p in parts)
     if n == 0:
         raise ValueError("no images to evaluate: the data yielded no batches")
+    counts = {"ann_correct": ann_correct, "ann_top5": ann_top5, "snn_correct": {str(t): correct[t] for t in ts},
+              "snn_top5": {str(t): top5[t] for t in ts}, "agreement": {str(t): agree[t] for t in ts},
+              "spikes": dict(spikes), "neurons": dict(neurons)}
     result = {
-        "ann_accuracy": ann_correct / n,
-        "snn_accuracy": {str(t): correct[t] / n for t in ts},
-        "ann_top5": ann_top5 / n,
-        "snn_top5": {str(t): top5[t] / n for t in ts},
-        "agreement": {str(t): agree[t] / n for t in ts},
-        "firing_rate": firing_rate({"spikes": spikes, "neurons": neurons, "timesteps": T, "batch": n}),
-        "firing_rate_per_layer": {k: spikes[k] / (neurons[k] * T * n) for k in neurons},
-        "images_per_second": {"ann": n / max(ann_time, 1e-9), "snn": n / max(snn_time, 1e-9)},
-        "num_images": n,
-        # the integers behind the fractions: parts of one evaluation add up exactly (sresnet merge)
-        "counts": {"ann_correct": ann_correct, "ann_top5": ann_top5, "snn_correct": {str(t): correct[t] for t in ts},
-                   "snn_top5": {str(t): top5[t] for t in ts}, "agreement": {str(t): agree[t] for t in ts},
-                   "spikes": dict(spikes), "neurons": dict(neurons)},
+        **_from_counts(counts, n, T, {"ann": ann_time, "snn": snn_time}),
         "world_size": shard.world,
         "num_classes": num_classes,
         "neurons_per_image": sum(neurons.values()),
@@ -224,6 +215,26 @@ def evaluate_snn(ann: nn.Module, snn: SpikingNetwork, data, labels: torch.Tensor
     if cost:
         result["cost"] = cost_from_maps(snn, maps, n, in_shape, T)
     return result
+
+
+def _from_counts(counts: dict, n: int, T: int, seconds: dict) -> dict:
+    """The fractions of a result from its integer ``counts`` (see :func:`evaluate_snn`) over
+    ``n`` images simulated to ``T``, and images per second from ``seconds`` {"ann", "snn"}."""
+    ts = list(counts["snn_correct"])
+    spikes, neurons = counts["spikes"], counts["neurons"]
+    return {
+        "ann_accuracy": counts["ann_correct"] / n,
+        "snn_accuracy": {t: counts["snn_correct"][t] / n for t in ts},
+        "ann_top5": counts["ann_top5"] / n,
+        "snn_top5": {t: counts["snn_top5"][t] / n for t in ts},
+        "agreement": {t: counts["agreement"][t] / n for t in ts},
+        "firing_rate": firing_rate({"spikes": spikes, "neurons": neurons, "timesteps": T, "batch": n}),
+        "firing_rate_per_layer": {k: spikes[k] / (neurons[k] * T * n) for k in neurons},
+        "images_per_second": {k: n / max(v, 1e-9) for k, v in seconds.items()},
+        "num_images": n,
+        # the integers behind the fractions: parts of one evaluation add up exactly (sresnet merge)
+        "counts": counts,
+    }
 
 
 def _first_images(data, preprocess, n: int) -> torch.Tensor:
@@ -408,25 +419,43 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
         arch = snn.info.get("arch")
         if arch is not None and isinstance(model, str) and arch != model:
             raise ValueError(f"network was converted from {arch!r}, not from model {model!r}")
-        result = evaluate_snn(ann, snn, batches, timesteps=ts, batch_size=batch_size, backend=backend,
-                              progress=progress, cost=cost, process_group=process_group)
-        if diagnose:
-            result["diagnosis"] = run_diagnosis(snn, _first_images(data, preprocess, diagnose), ts[-1],
-                                                backend=backend)
+        # the saved network's own settings (``sresnet convert`` records its calibration too)
         info = snn.info
-        result.update({
-            "arch": model_name, "model": model_name, "preprocessing": data_info.pop("preprocessing"),
-            "dataset": data_info, "calibration": info.get("calibration"), "timesteps": ts,
-            "first_image": skip, "checkpoint": None if checkpoint is None else str(checkpoint),
-            "network_file": None if isinstance(network, SpikingNetwork) else str(network),
-            "calib_size": info.get("calib_size"), "percentile": info.get("percentile"),
-            "per_channel": info.get("per_channel"), "shortcut_norm": info.get("shortcut_norm"),
-            "compensation": info.get("compensation"), "readout": snn.readout, "method": info.get("method"),
-            "horizon": info.get("horizon"), "readout_delay": snn.network.readout.delay_fraction,
-            "weight_calibration": info.get("weight_calibration"), "calib_timesteps": info.get("calib_timesteps"),
-            "calib_subset": info.get("calib_subset"), "backend": backend or "auto", "convert_seconds": None,
-        })
-        return result
+        settings = {k: info.get(k) for k in ("calibration", "calib_size", "percentile", "per_channel", "shortcut_norm",
+                                             "compensation", "method", "horizon", "calib_timesteps", "calib_subset")}
+        settings.update(network_file=None if isinstance(network, SpikingNetwork) else str(network),
+                        convert_seconds=None)
+    else:
+        snn, settings = _convert_for_eval(
+            ann, data, data_info, calib_data, calib_size, preprocess, workers, ts, progress, process_group,
+            percentile=percentile, per_channel=per_channel, compensation=compensation, readout=readout,
+            shortcut_norm=shortcut_norm, calib_timesteps=calib_timesteps, calib_subset=calib_subset, method=method,
+            horizon=horizon, readout_delay=readout_delay, weight_calibration=weight_calibration)
+    result = evaluate_snn(ann, snn, batches, timesteps=ts, batch_size=batch_size, backend=backend,
+                          progress=progress, cost=cost, process_group=process_group)
+    if diagnose:
+        result["diagnosis"] = run_diagnosis(snn, _first_images(data, preprocess, diagnose), ts[-1], backend=backend)
+    result.update({
+        "arch": model_name,
+        "model": model_name,
+        "preprocessing": data_info.pop("preprocessing"),
+        "dataset": data_info,
+        "timesteps": ts,
+        "first_image": skip,
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "readout": snn.readout,
+        "readout_delay": snn.network.readout.delay_fraction,
+        "weight_calibration": snn.info.get("weight_calibration"),
+        "backend": backend or "auto",
+        **settings,
+    })
+    return result
+
+
+def _convert_for_eval(ann, data, data_info: dict, calib_data, calib_size: int, preprocess, workers: int, ts: list,
+                      progress: bool, process_group, **kw) -> tuple[SpikingNetwork, dict]:
+    """Convert ``ann`` on calibration images for :func:`evaluate` (never its test images):
+    the network and the settings the result reports."""
     if calib_data is None:
         if not isinstance(data, (str, Path)):
             raise ValueError("calib_data is required when data is not a path: calibrate on training images, "
@@ -441,45 +470,28 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
             raise ValueError(f"the calibration data is the evaluated data ({data_info['source']}): calibrate on "
                              "training images, never on the test images (give another --calib-data)")
         calib, _ = take(calib_batches, calib_size)
-    if horizon is None:
-        horizon = ts[-1]
+    if kw["horizon"] is None:
+        kw["horizon"] = ts[-1]
     t0 = time.perf_counter()
-    snn = convert(ann, calib, percentile, per_channel=per_channel, compensation=compensation, readout=readout,
-                  shortcut_norm=shortcut_norm, calib_timesteps=calib_timesteps, calib_subset=calib_subset,
-                  progress=progress, method=method, horizon=horizon, readout_delay=readout_delay,
-                  weight_calibration=weight_calibration, process_group=process_group)
+    percentile = kw.pop("percentile")
+    snn = convert(ann, calib, percentile, progress=progress, process_group=process_group, **kw)
     convert_s = time.perf_counter() - t0
-    result = evaluate_snn(ann, snn, batches, timesteps=ts, batch_size=batch_size, backend=backend,
-                          progress=progress, cost=cost, process_group=process_group)
-    if diagnose:
-        result["diagnosis"] = run_diagnosis(snn, _first_images(data, preprocess, diagnose), ts[-1], backend=backend)
     calib_info.pop("preprocessing")
-    result.update({
-        "arch": model_name,
-        "model": model_name,
-        "preprocessing": data_info.pop("preprocessing"),
-        "dataset": data_info,
+    compensation = kw["compensation"]
+    return snn, {
         "calibration": calib_info,
-        "timesteps": ts,
-        "first_image": skip,
-        "checkpoint": None if checkpoint is None else str(checkpoint),
         "network_file": None,
         "calib_size": int(calib.shape[0]),
         "percentile": percentile,
         "per_channel": snn.info["per_channel"],
-        "shortcut_norm": shortcut_norm,
+        "shortcut_norm": kw["shortcut_norm"],
         "compensation": compensation if isinstance(compensation, (str, type(None))) else "user",
-        "readout": readout,
-        "method": method,
-        "horizon": horizon if method == "lowlat" else None,
-        "readout_delay": snn.network.readout.delay_fraction,
-        "weight_calibration": snn.info.get("weight_calibration"),
-        "calib_timesteps": calib_timesteps,
-        "calib_subset": min(calib_subset, int(calib.shape[0])),
-        "backend": backend or "auto",
+        "method": kw["method"],
+        "horizon": kw["horizon"] if kw["method"] == "lowlat" else None,
+        "calib_timesteps": kw["calib_timesteps"],
+        "calib_subset": min(kw["calib_subset"], int(calib.shape[0])),
         "convert_seconds": convert_s,
-    })
-    return result
+    }
 
 
 # what must agree between parts of one evaluation (the same network on the same test set)
@@ -518,8 +530,8 @@ def merge_results(parts: Sequence[dict], names: Sequence[str] | None = None) -> 
         raise ValueError("no results to merge")
     for name, p in zip(names, parts):
         if "counts" not in p or "first_image" not in p:
-            raise ValueError(f"{name} has no counts or first_image: it was written by an sresnet older than "
-                             "merge; evaluate it again")
+            raise ValueError(f"{name} has no counts or first_image: it is not a result of `sresnet eval --json`, or "
+                             "one written by an sresnet older than merge; evaluate it again")
         if "cost" in p:
             raise ValueError(f"{name} holds --cost results, which merge does not add up; run --cost on one part "
                              "(or on all the images) alone")
@@ -544,27 +556,18 @@ def merge_results(parts: Sequence[dict], names: Sequence[str] | None = None) -> 
         else:
             images.append([a, b])
     ts = [str(t) for t in first["timesteps"]]
-    T = first["timesteps"][-1]
     n = sum(p["num_images"] for p in parts)
-    c = {k: sum(p["counts"][k] for p in parts) for k in ("ann_correct", "ann_top5")}
+    neurons = first["counts"]["neurons"]
+    counts = {k: sum(p["counts"][k] for p in parts) for k in ("ann_correct", "ann_top5")}
+    counts.update({k: {t: sum(p["counts"][k][t] for p in parts) for t in ts}
+                   for k in ("snn_correct", "snn_top5", "agreement")})
+    counts.update(spikes={k: sum(p["counts"]["spikes"].get(k, 0) for p in parts) for k in neurons}, neurons=neurons)
     # each part's time from its speed (the counts hold integers only)
     seconds = {k: sum(p["num_images"] / p["images_per_second"][k] for p in parts) for k in ("ann", "snn")}
-    per_t = {k: {t: sum(p["counts"][k][t] for p in parts) for t in ts} for k in ("snn_correct", "snn_top5", "agreement")}
-    neurons = first["counts"]["neurons"]
-    spikes = {k: sum(p["counts"]["spikes"].get(k, 0) for p in parts) for k in neurons}
     worlds = {p.get("world_size", 1) for p in parts}
     merged = dict(first)
     merged.update({
-        "ann_accuracy": c["ann_correct"] / n,
-        "snn_accuracy": {t: per_t["snn_correct"][t] / n for t in ts},
-        "ann_top5": c["ann_top5"] / n,
-        "snn_top5": {t: per_t["snn_top5"][t] / n for t in ts},
-        "agreement": {t: per_t["agreement"][t] / n for t in ts},
-        "firing_rate": firing_rate({"spikes": spikes, "neurons": neurons, "timesteps": T, "batch": n}),
-        "firing_rate_per_layer": {k: spikes[k] / (neurons[k] * T * n) for k in neurons},
-        "images_per_second": {k: n / max(v, 1e-9) for k, v in seconds.items()},
-        "num_images": n,
-        "counts": {**c, **per_t, "spikes": spikes, "neurons": neurons},
+        **_from_counts(counts, n, first["timesteps"][-1], seconds),
         "first_image": images[0][0],
         "world_size": worlds.pop() if len(worlds) == 1 else sorted(worlds),
         "parts": [{"name": names[i], "first_image": parts[i]["first_image"], "num_images": parts[i]["num_images"]}
