@@ -11,6 +11,7 @@ quiet_openmp_spin()
 
 from . import surrogate
 from ._dispatch import available_backends
+from .counting import count_spikes
 from .layers import (GlobalAvgPool, IFNeuron, ResidualMerge, SpikeAvgPool2d, SpikeConv2d, SpikeLinear,
                      SpikeMaxPool2d)
 from .ops.burst_scan import burst_scan
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "available_backends",
+    "count_spikes",
     "surrogate",
     "if_scan",
     "burst_scan",

@@ -12,7 +12,6 @@ the same description runs on any backend, in chunks of any size, with the same r
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -50,12 +49,13 @@ def apply_op(op: tuple, x: torch.Tensor, backend=None) -> torch.Tensor:
 
 
 def count_spikes(s: torch.Tensor, binary: bool = True):
-    """Spikes in a spike tensor: its nonzero entries when spikes are 0/1 (numpy's count on CPU
-    is about 3x torch's), else the sum of |s| (burst counts, signed spikes)."""
+    """Spikes in a spike tensor: its nonzero entries when spikes are 0/1
+    (:func:`spikekernels.count_spikes`: the count the conv kernel made as it wrote ``s``, or
+    numpy's), else the sum of |s| (burst counts, signed spikes)."""
     if not binary:
         return int(s.detach().abs().sum(dtype=torch.int64))
     if s.device.type == "cpu":
-        return int(np.count_nonzero(s.detach().numpy()))
+        return sk.count_spikes(s)
     return torch.count_nonzero(s)
 
 

@@ -414,11 +414,14 @@ def _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, r
 
 def spike_conv2d(s, weight, bias, stride, padding, thr, v, out, reset_zero: bool, v_reset: float,
                  residual, res_scale, neuron: bool, step_bias=None) -> None:
-    if estimate_density(s) > _config.conv_dense_density():
+    # a neuron output of the gather kernel: its kept bits and exact spike count
+    kept = numba_gather.recall(s)
+    density = kept.count / s.numel() if kept is not None else estimate_density(s)
+    if density > _config.conv_dense_density():
         _dense(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual, res_scale, neuron,
                step_bias)
     elif not numba_gather.gather(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual,
-                                 res_scale, neuron, step_bias):
+                                 res_scale, neuron, step_bias, kept):
         # not 0/1 (an analog input): the scatter kernel multiplies each weight by the input
         _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual, res_scale, neuron,
                step_bias)

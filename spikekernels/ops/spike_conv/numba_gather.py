@@ -28,6 +28,10 @@ input spike's weights into a current buffer in memory). Here each output pixel g
    per step and channel tile, read beside the constant bias ``b``), on a channels-last membrane that stays in
    cache for the T loop; after each step the spikes are transposed to ``out``.
 
+4. The spikes also go out as bits in ``_pack``'s layout (``_bits_out``, border KEEP_PAD), kept
+   beside the output tensor until it dies (``_keep``); a later call on that tensor reads them
+   instead of packing it (``recall``), and ``spikekernels.count_spikes`` reads their count.
+
 Work per output neuron-step: one word per 64 receptive-field inputs plus ``ct / 8`` vector
 adds per active input (their count rounded up to ``unroll``); no current buffer is written
 and read back and silent inputs cost one bit each. Inputs other than 0/1 (an analog current)
@@ -37,7 +41,9 @@ cannot be bits: ``spike_conv2d`` falls back to the scatter kernel for them.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
+from typing import NamedTuple
 
 import llvmlite.binding as llvm
 import numba
@@ -277,6 +283,156 @@ def _gather_sum(nv, pk, base, toff, wrow, mask, nw, w, acc, aoff):
         _gather8(pk, base, toff, wrow, mask, nw, w, acc, aoff)
 
 
+# border of the bits a neuron output is kept in (see _Packed): a 3x3 conv with padding 1 reads
+# them as they are, a 1x1 conv with padding 0 from one pixel in
+KEEP_PAD = 1
+# whether neuron outputs keep their bits at all (off: every conv packs its input itself)
+KEEP = True
+# 8 bytes of 0/1 (little-endian uint64) -> their bits in the top byte; -> their sum in the top byte
+_PACK8 = np.uint64(0x0102040810204080)
+_SUM8 = np.uint64(0x0101010101010101)
+
+
+def _bits_run_codegen(context, builder, sig, args):
+    """``dst[d0 + i] = bits of src[s0 + 8 i: +8] != 0`` for ``i < n``, returns their popcount.
+
+    64 bytes at a time: one vector compare of ``<64 x i8>`` gives the mask of 64 bits (one
+    ``vptestmb`` with AVX-512BW), stored as 8 bytes; the remaining ``n % 8`` bytes 8 at a time.
+    """
+    src_t, _, dst_t, _, _ = sig.args
+    i64, i8 = ir.IntType(64), ir.IntType(8)
+    src = context.make_array(src_t)(context, builder, args[0])
+    dst = context.make_array(dst_t)(context, builder, args[2])
+    s0 = context.cast(builder, args[1], sig.args[1], types.int64)
+    d0 = context.cast(builder, args[3], sig.args[3], types.int64)
+    n = context.cast(builder, args[4], sig.args[4], types.int64)
+    sp = builder.bitcast(src.data, i8.as_pointer())
+    dp = builder.bitcast(dst.data, i8.as_pointer())
+    total = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
+
+    def chunk(i, lanes):
+        vt = ir.VectorType(i8, lanes)
+        it = ir.IntType(lanes)
+        v = builder.load(builder.bitcast(builder.gep(sp, [builder.add(s0, builder.mul(i, ir.Constant(i64, 8)))]),
+                                         vt.as_pointer()), align=1)
+        bits = builder.bitcast(builder.icmp_unsigned("!=", v, ir.Constant(vt, [0] * lanes)), it)
+        builder.store(bits, builder.bitcast(builder.gep(dp, [builder.add(d0, i)]), it.as_pointer()), align=1)
+        builder.store(builder.add(builder.load(total), builder.zext(builder.ctpop(bits), i64)), total)
+
+    full = builder.udiv(n, ir.Constant(i64, 8))
+    with cgutils.for_range(builder, full) as loop:
+        chunk(builder.mul(loop.index, ir.Constant(i64, 8)), 64)
+    with cgutils.for_range_slice(builder, builder.mul(full, ir.Constant(i64, 8)), n, ir.Constant(i64, 1)) as (i, _):
+        chunk(i, 8)
+    return builder.load(total)
+
+
+if numba.config.DISABLE_JIT:
+    def _bits_run(src, s0, dst, d0, n):
+        """Python twin of the intrinsic (NUMBA_DISABLE_JIT runs)."""
+        bits = np.packbits(src[s0:s0 + 8 * n] != 0, bitorder="little")
+        dst[d0:d0 + n] = bits
+        return np.uint64(int(np.unpackbits(bits).sum()))
+else:
+    @intrinsic
+    def _bits_run(typingctx, src, s0, dst, d0, n):
+        """``dst[d0:d0 + n]`` = the bits of the 0/1 bytes ``src[s0:s0 + 8 n]``; returns their count."""
+        return types.uint64(src, s0, dst, d0, n), _bits_run_codegen
+
+
+@numba.njit(cache=True, inline="always")
+def _bits_out(sp, ct, nc, Ho, Wo, dst, Wp, Cb, g0):
+    """Channels-last spikes ``sp`` (bytes ``[P, ct]`` 0/1) of channels ``8 g0 .. 8 g0 + nc``
+    into the bits ``dst`` (``_pack``'s layout with a border of KEEP_PAD, ``Wp = Wo + 2
+    KEEP_PAD``, ``Cb`` bytes per pixel); returns how many spikes it wrote.
+
+    When the tile holds every channel (``ct = 8 Cb = nc``) an output row is one contiguous run
+    of bytes in ``dst``, converted 64 spikes at a time (``_bits_run``); otherwise pixel by
+    pixel, the lanes past ``nc`` masked off.
+    """
+    cg = ct // 8
+    n = np.uint64(0)
+    if cg == Cb and nc == ct:
+        for oy in range(Ho):
+            n += _bits_run(sp, oy * Wo * ct, dst, ((oy + KEEP_PAD) * Wp + KEEP_PAD) * Cb, Wo * cg)
+        return n
+    ng = (nc + 7) // 8
+    spw = sp.view(np.uint64)
+    tail = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(8 * (8 * ng - nc))
+    for oy in range(Ho):
+        for ox in range(Wo):
+            src = (oy * Wo + ox) * cg
+            o = ((oy + KEEP_PAD) * Wp + ox + KEEP_PAD) * Cb + g0
+            for g in range(ng):
+                w = spw[src + g]
+                if g == ng - 1:
+                    w &= tail
+                dst[o + g] = np.uint8((w * _PACK8) >> np.uint64(56))
+                n += (w * _SUM8) >> np.uint64(56)
+    return n
+
+
+class _Packed(NamedTuple):
+    """A neuron output's spikes as bits, kept for the layer that reads it next."""
+
+    ref: weakref.ref  # the output tensor (the entry dies with it)
+    version: int  # its version counter when written
+    pk: np.ndarray  # [T, B, (H + 2 KEEP_PAD) * (W + 2 KEEP_PAD) * Cb + 8] uint8, _pack's layout
+    count: int  # spikes in it
+    sample: np.ndarray  # flat positions of the output checked before reuse
+    values: np.ndarray  # the output's values there when written
+
+
+# kept bits of live outputs: (data_ptr, shape, dtype) -> _Packed
+_kept: dict = {}
+_kept_lock = threading.RLock()  # reentrant: a dying output's callback may run under it
+# outputs are checked at this many evenly spaced positions before their bits are reused
+KEEP_SAMPLE = 64
+
+
+def _flat(t: torch.Tensor) -> np.ndarray:
+    return (t.view(torch.uint8) if t.dtype == torch.bool else t).numpy().reshape(-1)
+
+
+def _keep(out: torch.Tensor, pk: np.ndarray, count: int) -> None:
+    """Remember ``pk`` (the bits of the spikes just written to ``out``) until ``out`` dies."""
+    if out.is_inference() or out.device.type != "cpu" or not out.is_contiguous():
+        return  # inference tensors have no version counter: a later write could not be seen
+    key = (out.data_ptr(), tuple(out.shape), out.dtype)
+    flat = _flat(out)
+    sample = np.linspace(0, flat.shape[0] - 1, min(KEEP_SAMPLE, flat.shape[0])).astype(np.int64)
+
+    def drop(ref, key=key):
+        with _kept_lock:
+            if key in _kept and _kept[key].ref is ref:
+                del _kept[key]
+
+    with _kept_lock:
+        _kept[key] = _Packed(weakref.ref(out, drop), out._version, pk, count, sample, flat[sample].copy())
+
+
+def recall(s: torch.Tensor) -> _Packed | None:
+    """The kept bits of ``s`` if ``s`` is (a view with the same shape of) a neuron output this
+    module wrote and nothing changed it since: same memory, version counter unchanged (every
+    in-place torch op bumps it) and its values at KEEP_SAMPLE positions unchanged (catches most
+    writes that bypass the counter: ``.data``, numpy views)."""
+    if not _kept or s.device.type != "cpu" or s.is_inference() or not s.is_contiguous():
+        return None
+    with _kept_lock:
+        hit = _kept.get((s.data_ptr(), tuple(s.shape), s.dtype))
+    if hit is None or hit.ref() is None or hit.version != s._version:
+        return None
+    if not np.array_equal(_flat(s)[hit.sample], hit.values):
+        return None
+    return hit
+
+
+def spike_count(s: torch.Tensor) -> int | None:
+    """Spikes in ``s`` as counted by the kernel that wrote it, or None if not known (see recall)."""
+    hit = recall(s)
+    return None if hit is None else hit.count
+
+
 @numba.njit(parallel=True, cache=True)
 def _pack(s, pk, H, W, Cb, Wp, ph, pw):
     """Spikes ``s [T * B, Cin, H * W]`` -> bits ``pk [T * B, Hp * Wp * Cb + 8]`` (see module doc).
@@ -313,7 +469,7 @@ def _pack(s, pk, H, W, Cb, Wp, ph, pw):
 @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v, out,
                    out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron, sb,
-                   has_sb):
+                   has_sb, origin, keep, kept, n_kept):
     """Conv + IF, one work item per (image, channel tile of ``ct = 8 nv``), T loop inside.
 
     ``pk [T, B, bytes]`` bits from ``_pack``; ``toff``/``wrow``/``mask`` per receptive-field
@@ -324,7 +480,9 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
     spikes go to ``out [T, B, Cout, H'W']`` (``fast_out``: a ``_spikes_out`` mode; uint8
     through ``out_words``). A uint8 residual comes in channels-last once per step through ``res_words`` (``fast_res``),
     any other residual row by row. ``sb [T, Cout]`` (``has_sb``): the per-step bias, spread
-    channels-last over a row once per step.
+    channels-last over a row once per step. ``origin``: byte offset of the first receptive
+    field's corner in ``pk``. ``keep``: the spikes also go to ``kept [T, B, bytes]`` as bits
+    (``_bits_out``), their count to ``n_kept [item]``.
     """
     T, B = pk.shape[:2]
     ct = 8 * nv
@@ -363,6 +521,7 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
                 for p in range(P):
                     vl[p * ct + c] = v[base + p]
         wt = wg[tile]
+        n_out = np.uint64(0)
         for t in range(T):
             pt = pk[t, b]
             tr = 0 if const_res else t
@@ -373,7 +532,7 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
                 _step_bias_row(sb[t], c0, nc, ct, Wo, sbr)
             for oy in range(Ho):
                 for ox in range(Wo):
-                    _gather_sum(nv, pt, (oy * sy * Wp + ox * sx) * Cb, toff, wrow, mask, nw, wt, acc, ox * ct)
+                    _gather_sum(nv, pt, (oy * sy * Wp + ox * sx) * Cb + origin, toff, wrow, mask, nw, wt, acc, ox * ct)
                 lo = oy * WC
                 if fast_res:
                     if neuron:
@@ -393,6 +552,8 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
                     _current_row(acc, bi, sc, rr, sbr, xr[lo:lo + WC], has_res, has_sb)
             if neuron:
                 _spikes_out(spw, ct, nc, P, out[t, b], out_words[t, b], c0, spread, fast_out)
+                if keep:
+                    n_out += _bits_out(sp, ct, nc, Ho, Wo, kept[t, b], Wo + 2 * KEEP_PAD, (Cout + 7) // 8, c0 // 8)
             else:
                 ot = out[t, b]
                 for c in range(nc):
@@ -403,6 +564,7 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
                 base = (b * Cout + c0 + c) * P
                 for p in range(P):
                     v[base + p] = vl[p * ct + c]
+        n_kept[item] = n_out
 
 
 def _tables(kh: int, kw: int, Cb: int, Wp: int, ct: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -477,10 +639,12 @@ def _vectors(Cout: int, B: int, threads: int) -> int:
 def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tuple[int, int],
            padding: tuple[int, int], thr: torch.Tensor, v: torch.Tensor | None, out: torch.Tensor, reset_zero: bool,
            v_reset: float, res: torch.Tensor | None, rs: torch.Tensor, neuron: bool,
-           step_bias: torch.Tensor | None = None) -> bool:
+           step_bias: torch.Tensor | None = None, kept: _Packed | None = None) -> bool:
     """Run the bit-packed output-stationary kernel; False (nothing written) if ``s`` is not 0/1.
 
-    Same contract as ``reference.spike_conv2d`` (see spike_conv/README.md).
+    Same contract as ``reference.spike_conv2d`` (see spike_conv/README.md). ``kept``: what
+    ``recall(s)`` gave, when the caller already asked (the bits of ``s``, read instead of
+    packing ``s`` when the padding fits in KEEP_PAD).
     """
     T, B, Cin, H, W = s.shape
     Cout, _, kh, kw = weight.shape
@@ -488,11 +652,18 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     sy, sx = stride
     ph, pw = padding
     Cb = -(-Cin // 8)
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    # 8 bytes of slack: the last word of a receptive field is read whole, then masked
-    pk = np.empty((T, B, Hp * Wp * Cb + 8), np.uint8)
-    if _pack(s.numpy().reshape(T * B, Cin, H * W), pk.reshape(T * B, -1), H, W, Cb, Wp, ph, pw):
-        return False
+    kept_in = kept if max(ph, pw) <= KEEP_PAD else None
+    if kept_in is not None:
+        # the bits the kernel that wrote s kept (border KEEP_PAD): start ph, pw inside it
+        pk, Wp = kept_in.pk, W + 2 * KEEP_PAD
+        origin = ((KEEP_PAD - ph) * Wp + KEEP_PAD - pw) * Cb
+    else:
+        Hp, Wp = H + 2 * ph, W + 2 * pw
+        # 8 bytes of slack: the last word of a receptive field is read whole, then masked
+        pk = np.empty((T, B, Hp * Wp * Cb + 8), np.uint8)
+        if _pack(s.numpy().reshape(T * B, Cin, H * W), pk.reshape(T * B, -1), H, W, Cb, Wp, ph, pw):
+            return False
+        origin = 0
     nv = _vectors(Cout, B, numba.get_num_threads())
     ct = 8 * nv
     n_tiles = -(-Cout // ct)
@@ -511,9 +682,17 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     # uint8 residual, whole 8-byte words per channel row: read 8 pixels x 8 channels at a time
     fast_res = res_np.dtype == np.uint8 and (Ho * Wo) % 8 == 0 and res_np.flags.c_contiguous
     res_words = res_np.view(np.uint64) if fast_res else np.zeros((1, 1), np.uint64)
+    # the output's bits, for the layer that reads it next (zeros: the border is padding)
+    keep = KEEP and neuron and not out.is_inference()
+    bits = np.zeros((T, B, (Ho + 2 * KEEP_PAD) * (Wo + 2 * KEEP_PAD) * -(-Cout // 8) + 8) if keep else (1, 1, 1),
+                    np.uint8)
+    n_kept = np.zeros(B * n_tiles, np.uint64)
     _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias.numpy(), thr.numpy(),
                    rs.numpy(), v_np, out4, out_words, fast_out, _SPREAD, reset_zero, v_reset, res_np,
-                   res is not None, res_words, fast_res, neuron, sb_np, step_bias is not None)
+                   res is not None, res_words, fast_res, neuron, sb_np, step_bias is not None, origin, keep, bits,
+                   n_kept)
     if stage is not None:
         out.copy_(stage)
+    if keep:
+        _keep(out, bits, int(n_kept.sum()))
     return True
