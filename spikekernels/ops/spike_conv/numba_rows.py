@@ -30,7 +30,8 @@ def spikes_out_views(out: np.ndarray, neuron: bool, P: int) -> tuple[int, np.nda
     mode = OUT_ELEMENTS
     if neuron and P % 8 == 0:
         mode = OUT_WORDS if out.dtype == np.uint8 else OUT_F32_ROWS if out.dtype == np.float32 else OUT_ELEMENTS
-    words = out.view(np.uint64) if mode == OUT_WORDS else np.zeros((1, 1, 1, 1), np.uint64)
+    # the dummy has [T, B] so that `words[t, b]` also works without the JIT (NUMBA_DISABLE_JIT)
+    words = out.view(np.uint64) if mode == OUT_WORDS else np.zeros(out.shape[:2] + (1, 1), np.uint64)
     return mode, words
 
 
