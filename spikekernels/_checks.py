@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from . import _memory
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 SPIKE_DTYPES = FLOAT_DTYPES + (torch.uint8, torch.bool)
 RESETS = ("subtract", "zero")
@@ -189,8 +191,10 @@ POISON_OUTPUTS = False
 
 
 def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``torch.empty`` for op outputs, poisoned under test."""
-    out = torch.empty(tuple(shape), dtype=dtype, device=device)
+    """``torch.empty`` for op outputs (large CPU ones from ``_memory``'s pool), poisoned under test."""
+    out = _memory.empty(shape, dtype) if torch.device(device).type == "cpu" else None
+    if out is None:
+        out = torch.empty(tuple(shape), dtype=dtype, device=device)
     if POISON_OUTPUTS:
         if dtype.is_floating_point:
             out.fill_(float("nan"))

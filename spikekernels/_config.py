@@ -4,6 +4,7 @@
 |---|---|---|---|
 | SPIKEKERNELS_BACKEND | auto, reference, numba, triton | auto | which kernels the ops run; auto sends CUDA tensors to Triton and CPU tensors to Numba |
 | SPIKEKERNELS_CONV_DENSE_DENSITY | float in [0, 1] | 0.4 | input spike density above which the Numba spiking conv/linear switches from the event-driven kernel to the dense path (crossover measured on ResNet-20 layer shapes, see bench/RESULTS.md) |
+| SPIKEKERNELS_OUTPUT_POOL_MB | number >= 0 | 256 | MiB of released large CPU op outputs kept for reuse (``_memory``: outputs of 16 MiB and more come from reused huge-page mappings, no page faults); 0 turns the pool off |
 | TRITON_INTERPRET | 0, 1 | 0 | Triton's own switch; with 1, Triton kernels run on CPU tensors (tests) |
 
 Values are read from ``os.environ`` at call time (cheap) and parsed once per distinct raw
@@ -58,6 +59,22 @@ def conv_dense_density() -> float:
     return _parse_fraction(
         "SPIKEKERNELS_CONV_DENSE_DENSITY", os.environ.get("SPIKEKERNELS_CONV_DENSE_DENSITY", "0.4")
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_mib(name: str, raw: str) -> int:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number; accepted: MiB >= 0 (0: off)") from None
+    if not value >= 0:
+        raise ValueError(f"{name}={raw!r} is out of range; accepted: MiB >= 0 (0: off)")
+    return int(value * 2**20)
+
+
+def output_pool_bytes() -> int:
+    """SPIKEKERNELS_OUTPUT_POOL_MB in bytes (default 256 MiB)."""
+    return _parse_mib("SPIKEKERNELS_OUTPUT_POOL_MB", os.environ.get("SPIKEKERNELS_OUTPUT_POOL_MB", "256"))
 
 
 def triton_interpret() -> bool:
