@@ -1,10 +1,13 @@
 """End to end, ResNet-20: sresnet with the gather conv kernel vs the scatter kernel vs the ANN x T.
 
 One process, providers interleaved round by round, medians; predictions of the two kernels
-compared first. ``--profile`` adds a cProfile of one run of each kernel (top functions by own time).
+compared first. ``unkept`` is the gather kernel with its output bits not kept for the next
+conv (``numba_gather.KEEP = False``: every conv packs its input, spikes are counted by numpy;
+checked bit-identical first). ``--profile`` adds a cProfile of one run of each kernel (top
+functions by own time).
 Needs the shared checkpoint and CIFAR-10 (``../shared``).
 
-    PYTHONPATH=. .venv/bin/python bench/e2e_gather.py --timesteps 128 --rounds 3 --profile
+    PYTHONPATH=. .venv/bin/python bench/e2e_gather.py --timesteps 128 --rounds 5 --profile
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conv_shapes import scatter_only  # noqa: E402
 from peers import load_real  # noqa: E402
 
+from spikekernels.ops.spike_conv import numba_gather  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,17 +48,28 @@ def main(argv: list[str] | None = None) -> None:
         with scatter_only():
             return snn(images, timesteps=T)
 
+    def unkept():
+        numba_gather.KEEP = False
+        try:
+            return snn(images, timesteps=T)
+        finally:
+            numba_gather.KEEP = True
+
     def ann_x_t():
         with torch.no_grad():
             for _ in range(T):
                 out = ann(images)
         return out
 
-    a, b = gather(), scatter()
+    a = gather()
+    spikes = dict(snn.last_stats["spikes"])
+    b, c = scatter(), unkept()
+    same = torch.equal(a, c) and spikes == snn.last_stats["spikes"]
     agree = (a.argmax(1) == b.argmax(1)).float().mean().item()
     print(f"ResNet-20, B={args.batch}, T={T}: gather and scatter predictions agree on {agree:.3f} of images; "
+          f"kept and unkept bits give {'identical' if same else 'DIFFERENT'} scores and spike counts; "
           f"load average {os.getloadavg()[0]:.2f}")
-    fns = {"gather": gather, "scatter": scatter, "ann-xT": ann_x_t}
+    fns = {"gather": gather, "unkept": unkept, "scatter": scatter, "ann-xT": ann_x_t}
     times = {k: [] for k in fns}
     for _ in range(args.rounds):
         for k, fn in fns.items():
@@ -66,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
               f"gather faster by {s / med['gather']:.2f}x")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     if args.profile:
-        for k in ("scatter", "gather"):
+        for k in ("scatter", "unkept", "gather"):
             print(f"profile of one {k} run:")
             prof = cProfile.Profile()
             prof.runcall(fns[k])
