@@ -14,6 +14,7 @@ value, so tests and users can change them at run time.
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 BACKENDS = ("auto", "reference", "numba", "triton")
@@ -40,13 +41,14 @@ def _parse_flag(name: str, raw: str) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _parse_fraction(name: str, raw: str) -> float:
+def _parse_number(name: str, raw: str, low: float, high: float, accepted: str) -> float:
+    """``raw`` as a float in ``[low, high]``; the errors name the variable and what is accepted."""
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number; accepted: a float in [0, 1]") from None
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}={raw!r} is out of range; accepted: a float in [0, 1]")
+        raise ValueError(f"{name}={raw!r} is not a number; accepted: {accepted}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name}={raw!r} is out of range; accepted: {accepted}")
     return value
 
 
@@ -56,25 +58,15 @@ def backend() -> str:
 
 
 def conv_dense_density() -> float:
-    return _parse_fraction(
-        "SPIKEKERNELS_CONV_DENSE_DENSITY", os.environ.get("SPIKEKERNELS_CONV_DENSE_DENSITY", "0.4")
-    )
-
-
-@functools.lru_cache(maxsize=None)
-def _parse_mib(name: str, raw: str) -> int:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number; accepted: MiB >= 0 (0: off)") from None
-    if not value >= 0:
-        raise ValueError(f"{name}={raw!r} is out of range; accepted: MiB >= 0 (0: off)")
-    return int(value * 2**20)
+    return _parse_number("SPIKEKERNELS_CONV_DENSE_DENSITY", os.environ.get("SPIKEKERNELS_CONV_DENSE_DENSITY", "0.4"),
+                         0.0, 1.0, "a float in [0, 1]")
 
 
 def output_pool_bytes() -> int:
     """SPIKEKERNELS_OUTPUT_POOL_MB in bytes (default 256 MiB)."""
-    return _parse_mib("SPIKEKERNELS_OUTPUT_POOL_MB", os.environ.get("SPIKEKERNELS_OUTPUT_POOL_MB", "256"))
+    mib = _parse_number("SPIKEKERNELS_OUTPUT_POOL_MB", os.environ.get("SPIKEKERNELS_OUTPUT_POOL_MB", "256"),
+                        0.0, math.inf, "MiB >= 0 (0: off)")
+    return int(mib * 2**20)
 
 
 def triton_interpret() -> bool:
