@@ -11,6 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .numba_transpose import rows64
+
 # byte b -> uint64 whose byte j is bit j of b
 _SPREAD = np.array([sum(((b >> j) & 1) << (8 * j) for j in range(8)) for b in range(256)], np.uint64)
 # byte b -> 8 float32 whose j-th is bit j of b (a global: frozen into the kernels as a constant)
@@ -137,7 +139,8 @@ def _step_bias_row(sbt, c0, nc, ct, Wo, row):
 def _spikes_out(spw, ct, nc, P, ot, ow, c0, spread, mode):
     """Channels-last spikes ``spw`` (as bytes: ``[P, ct]`` 0/1) to rows ``c0:c0+nc`` of the output.
 
-    ``mode`` OUT_WORDS: write ``ow``, the uint8 output ``[Cout, P]`` viewed as uint64
+    ``mode`` OUT_WORDS with ``P`` a multiple of 64 and ``ct`` in 8, 16, 32, 64: 64 pixels at a
+    time through ``numba_transpose.rows64`` (vector shuffles) into ``ot``. Otherwise OUT_WORDS: write ``ow``, the uint8 output ``[Cout, P]`` viewed as uint64
     ``[Cout, P / 8]`` (P a multiple of 8): 8 pixels x 8 channels at a time, OR the 8 pixel
     words (one 0/1 byte per channel) shifted by the pixel into one bit matrix, then spread
     each channel's byte of it back to 8 bytes through a table: one uint64 store per 8 spikes.
@@ -145,6 +148,12 @@ def _spikes_out(spw, ct, nc, P, ot, ow, c0, spread, mode):
     ``_SPREAD_F32`` into ``ot`` (float32 ``[Cout, P]``): one 32-byte row copy per 8 spikes.
     OUT_ELEMENTS: ``ot`` ``[Cout, P]`` (any dtype) element by element.
     """
+    if mode == OUT_WORDS and P % 64 == 0 and (ct == 8 or ct == 16 or ct == 32 or ct == 64):
+        # 64 pixels at a time by vector shuffles (numba_transpose)
+        sp = spw.view(np.uint8)
+        for pb in range(P // 64):
+            rows64(ct, sp, pb * 64 * ct, ot, c0 * P + pb * 64, P, nc)
+        return
     if mode == OUT_ELEMENTS:
         sp = spw.view(np.uint8)
         for c in range(nc):
