@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -407,14 +408,16 @@ def _run_convert(args) -> int:
     ds = open_dataset(source, "calib", prep)
     calib, _ = take(make_loader(ds, min(args.calib_size, 256), args.workers, args.calib_size), args.calib_size)
     shard = init_from_env()
+    start = time.perf_counter()
     snn = convert(ann, calib, progress=not args.no_progress and shard.rank == 0, **_conversion_kwargs(args))
+    seconds = time.perf_counter() - start
     if shard.rank != 0:
         return 0
     # what `sresnet eval --network` reports about the conversion
     snn.info.update(arch=name, checkpoint=None if args.checkpoint is None else str(args.checkpoint),
                     calibration={"kind": ds.kind, "source": ds.source, "split": "calib"},
                     calib_size=int(calib.shape[0]), calib_timesteps=args.calib_timesteps,
-                    calib_subset=min(args.calib_subset, int(calib.shape[0])))
+                    calib_subset=min(args.calib_subset, int(calib.shape[0])), convert_seconds=round(seconds, 3))
     path = save(snn, args.out)
     print(f"wrote {path} ({len(snn.layers)} spiking layers, readout {snn.readout})")
     return 0

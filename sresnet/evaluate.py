@@ -391,7 +391,8 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
 
     Returns:
         the dict of :func:`evaluate_snn` plus arch and model (the name given), dataset and calibration ({"kind", "source", "split"}), preprocessing, timesteps, the
-        settings and convert_seconds.
+        settings and convert_seconds (with ``network``: the time ``sresnet convert`` recorded
+        in the file, None for a network from elsewhere).
 
     Raises:
         ValueError: no calibration data can be found (the message says what to pass),
@@ -423,8 +424,9 @@ def evaluate(model: str | nn.Module, checkpoint: str | Path | None, data, timest
         info = snn.info
         settings = {k: info.get(k) for k in ("calibration", "calib_size", "percentile", "per_channel", "shortcut_norm",
                                              "compensation", "method", "horizon", "calib_timesteps", "calib_subset")}
+        # the conversion's own time, as `sresnet convert` recorded it (None for other networks)
         settings.update(network_file=None if isinstance(network, SpikingNetwork) else str(network),
-                        convert_seconds=None)
+                        convert_seconds=info.get("convert_seconds"))
     else:
         snn, settings = _convert_for_eval(
             ann, data, data_info, calib_data, calib_size, preprocess, workers, ts, progress, process_group,

@@ -392,6 +392,8 @@ def test_long_eval_in_parts_with_a_saved_network(r20, shared_dir, tmp_path, caps
         assert m[key] == w[key], key
     part = json.loads(b.read_text())
     assert part["first_image"] == 16 and part["network_file"] == str(net) and part["horizon"] == 8
+    # the conversion's time as `convert` measured it
+    assert part["convert_seconds"] > 0 and part["convert_seconds"] == json.loads(a.read_text())["convert_seconds"]
     assert part["calibration"]["split"] == "calib" and part["calib_size"] == 32
     # the saved network fixes the conversion: its options are refused, named as flags
     code, err = _main(capsys, *run, "--network", str(net), "--horizon", "16", "--percentile", "99")
