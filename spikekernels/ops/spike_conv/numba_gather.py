@@ -466,11 +466,11 @@ def _pack(s, pk, H, W, Cb, Wp, ph, pw):
     return bad.any()
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v, out,
+@numba.njit(cache=True, fastmath=False, error_model="numpy")
+def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v, out,
                    out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron, sb,
                    has_sb, origin, keep, kept, n_kept):
-    """Conv + IF, one work item per (image, channel tile of ``ct = 8 nv``), T loop inside.
+    """Conv + IF of work item ``item`` (an image and a channel tile of ``ct = 8 nv``), T loop inside.
 
     ``pk [T, B, bytes]`` bits from ``_pack``; ``toff``/``wrow``/``mask`` per receptive-field
     word: byte offset from the pixel's corner, first weight row (in floats), valid bits;
@@ -493,78 +493,93 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
     n_rs = rs.shape[0]
     const_res = res.shape[0] == 1
     vr = np.float32(v_reset)
-    for item in numba.prange(B * n_tiles):
-        b = item // n_tiles
-        tile = item % n_tiles
-        c0 = tile * ct
-        nc = min(ct, Cout - c0)
-        acc = np.zeros(WC, np.float32)
-        rr = np.zeros(WC, np.float32)
-        th = np.ones(WC, np.float32)
-        sc = np.zeros(WC, np.float32)
-        bi = np.zeros(WC, np.float32)
-        sbr = np.zeros(WC, np.float32)
-        vl = np.zeros(P * ct if neuron else 1, np.float32)
-        spw = np.zeros(P * nv if neuron else 1, np.uint64)
-        sp = spw.view(np.uint8)
-        xr = np.zeros(1 if neuron else P * ct, np.float32)
-        rr8w = np.zeros(P * nv if fast_res else 1, np.uint64)
-        rr8 = rr8w.view(np.uint8)
-        for ox in range(Wo):
-            for c in range(nc):
-                th[ox * ct + c] = thr[(c0 + c) % n_thr]
-                sc[ox * ct + c] = rs[(c0 + c) % n_rs]
-                bi[ox * ct + c] = bias[c0 + c]
-        if neuron:
-            for c in range(nc):
-                base = (b * Cout + c0 + c) * P
-                for p in range(P):
-                    vl[p * ct + c] = v[base + p]
-        wt = wg[tile]
-        n_out = np.uint64(0)
-        for t in range(T):
-            pt = pk[t, b]
-            tr = 0 if const_res else t
-            rt = res[tr] if has_res else res[0]
+    b = item // n_tiles
+    tile = item % n_tiles
+    c0 = tile * ct
+    nc = min(ct, Cout - c0)
+    acc = np.zeros(WC, np.float32)
+    rr = np.zeros(WC, np.float32)
+    th = np.ones(WC, np.float32)
+    sc = np.zeros(WC, np.float32)
+    bi = np.zeros(WC, np.float32)
+    sbr = np.zeros(WC, np.float32)
+    vl = np.zeros(P * ct if neuron else 1, np.float32)
+    spw = np.zeros(P * nv if neuron else 1, np.uint64)
+    sp = spw.view(np.uint8)
+    xr = np.zeros(1 if neuron else P * ct, np.float32)
+    rr8w = np.zeros(P * nv if fast_res else 1, np.uint64)
+    rr8 = rr8w.view(np.uint8)
+    for ox in range(Wo):
+        for c in range(nc):
+            th[ox * ct + c] = thr[(c0 + c) % n_thr]
+            sc[ox * ct + c] = rs[(c0 + c) % n_rs]
+            bi[ox * ct + c] = bias[c0 + c]
+    if neuron:
+        for c in range(nc):
+            base = (b * Cout + c0 + c) * P
+            for p in range(P):
+                vl[p * ct + c] = v[base + p]
+    wt = wg[tile]
+    n_out = np.uint64(0)
+    for t in range(T):
+        pt = pk[t, b]
+        tr = 0 if const_res else t
+        rt = res[tr] if has_res else res[0]
+        if fast_res:
+            _residual_in(res_words[tr], rt, rr8, rr8w, ct, nc, P, b * Cout + c0, spread)
+        if has_sb:
+            _step_bias_row(sb[t], c0, nc, ct, Wo, sbr)
+        for oy in range(Ho):
+            for ox in range(Wo):
+                _gather_sum(nv, pt, (oy * sy * Wp + ox * sx) * Cb + origin, toff, wrow, mask, nw, wt, acc, ox * ct)
+            lo = oy * WC
             if fast_res:
-                _residual_in(res_words[tr], rt, rr8, rr8w, ct, nc, P, b * Cout + c0, spread)
-            if has_sb:
-                _step_bias_row(sb[t], c0, nc, ct, Wo, sbr)
-            for oy in range(Ho):
-                for ox in range(Wo):
-                    _gather_sum(nv, pt, (oy * sy * Wp + ox * sx) * Cb + origin, toff, wrow, mask, nw, wt, acc, ox * ct)
-                lo = oy * WC
-                if fast_res:
-                    if neuron:
-                        _if_row(acc, bi, sc, rr8[lo:lo + WC], sbr, th, vl[lo:lo + WC], sp[lo:lo + WC], True, has_sb,
-                                reset_zero, vr)
-                    else:
-                        _current_row(acc, bi, sc, rr8[lo:lo + WC], sbr, xr[lo:lo + WC], True, has_sb)
-                    continue
-                if has_res:
-                    for c in range(nc):
-                        src = rt[(b * Cout + c0 + c) * P + oy * Wo:(b * Cout + c0 + c) * P + (oy + 1) * Wo]
-                        for ox in range(Wo):
-                            rr[ox * ct + c] = np.float32(src[ox])
                 if neuron:
-                    _if_row(acc, bi, sc, rr, sbr, th, vl[lo:lo + WC], sp[lo:lo + WC], has_res, has_sb, reset_zero, vr)
+                    _if_row(acc, bi, sc, rr8[lo:lo + WC], sbr, th, vl[lo:lo + WC], sp[lo:lo + WC], True, has_sb,
+                            reset_zero, vr)
                 else:
-                    _current_row(acc, bi, sc, rr, sbr, xr[lo:lo + WC], has_res, has_sb)
-            if neuron:
-                _spikes_out(spw, ct, nc, P, out[t, b], out_words[t, b], c0, spread, fast_out)
-                if keep:
-                    n_out += _bits_out(sp, ct, nc, Ho, Wo, kept[t, b], Wo + 2 * KEEP_PAD, (Cout + 7) // 8, c0 // 8)
-            else:
-                ot = out[t, b]
+                    _current_row(acc, bi, sc, rr8[lo:lo + WC], sbr, xr[lo:lo + WC], True, has_sb)
+                continue
+            if has_res:
                 for c in range(nc):
-                    for p in range(P):
-                        ot[c0 + c, p] = xr[p * ct + c]
+                    src = rt[(b * Cout + c0 + c) * P + oy * Wo:(b * Cout + c0 + c) * P + (oy + 1) * Wo]
+                    for ox in range(Wo):
+                        rr[ox * ct + c] = np.float32(src[ox])
+            if neuron:
+                _if_row(acc, bi, sc, rr, sbr, th, vl[lo:lo + WC], sp[lo:lo + WC], has_res, has_sb, reset_zero, vr)
+            else:
+                _current_row(acc, bi, sc, rr, sbr, xr[lo:lo + WC], has_res, has_sb)
         if neuron:
+            _spikes_out(spw, ct, nc, P, out[t, b], out_words[t, b], c0, spread, fast_out)
+            if keep:
+                n_out += _bits_out(sp, ct, nc, Ho, Wo, kept[t, b], Wo + 2 * KEEP_PAD, (Cout + 7) // 8, c0 // 8)
+        else:
+            ot = out[t, b]
             for c in range(nc):
-                base = (b * Cout + c0 + c) * P
                 for p in range(P):
-                    v[base + p] = vl[p * ct + c]
-        n_kept[item] = n_out
+                    ot[c0 + c, p] = xr[p * ct + c]
+    if neuron:
+        for c in range(nc):
+            base = (b * Cout + c0 + c) * P
+            for p in range(P):
+                v[base + p] = vl[p * ct + c]
+    n_kept[item] = n_out
+
+
+@numba.njit(parallel=True, cache=True)
+def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v, out,
+                   out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron, sb,
+                   has_sb, origin, keep, kept, n_kept):
+    """``_gather_item`` for every (image, channel tile), in parallel.
+
+    The item is a function of its own, not the body of the parallel loop. With the body in the
+    loop, the kernel loaded from Numba's cache ran slower than the same kernel freshly compiled
+    in the process (the same instructions: an effect of where the code lands, not identified
+    without performance counters): 1.3-2x on ResNet-20's 32-channel layer, 1.1-1.3x end to
+    end; split, 0.98-1.16x end to end (bench/RESULTS.md "Session 8").
+    """
+    for item in numba.prange(pk.shape[1] * n_tiles):
+        _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v, out, out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron, sb, has_sb, origin, keep, kept, n_kept)
 
 
 def _tables(kh: int, kw: int, Cb: int, Wp: int, ct: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
