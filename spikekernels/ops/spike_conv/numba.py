@@ -36,7 +36,7 @@ from numba.extending import intrinsic
 from ... import _config
 from ..if_scan.numba import spike_buffer
 from . import numba_gather
-from .numba_rows import (_SPREAD, _current_row, _if_row, _residual_in, _spikes_out, _step_bias_row,
+from .numba_rows import (_SPREAD, _current_row, _if_row, _residual_in, _spikes_out, _step_bias_row, _tile_setup,
                          spikes_out_views)
 from .reference import step_convs
 
@@ -131,8 +131,6 @@ def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res,
     rstride = Cin * span
     P = Ho * Wo
     WC = Wo * ct
-    n_thr = thr.shape[0]
-    n_rs = rs.shape[0]
     const_res = res.shape[0] == 1
     vr = np.float32(v_reset)
     xmask = (1 << xbits) - 1
@@ -154,16 +152,7 @@ def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res,
         sp = spw.view(np.uint8)
         xr = np.zeros(1 if neuron else Ho * WC, np.float32)
         idx = np.empty(Cin * H * W, np.int64)
-        for ox in range(Wo):
-            for c in range(nc):
-                th[ox * ct + c] = thr[(c0 + c) % n_thr]
-                sc[ox * ct + c] = rs[(c0 + c) % n_rs]
-                bi[ox * ct + c] = bias[c0 + c]
-        if neuron:
-            for c in range(nc):
-                base = (b * Cout + c0 + c) * P
-                for p in range(P):
-                    vl[p * ct + c] = v[base + p]
+        _tile_setup(thr, rs, bias, v, vl, b, Cout, c0, nc, ct, Wo, P, th, sc, bi, neuron)
         wt = wr[tile]
         for t in range(T):
             st = s[t, b].reshape(Cin * H, W)

@@ -55,7 +55,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..if_scan.numba import spike_buffer
-from .numba_rows import (_SPREAD, _current_row, _if_row, _residual_in, _spikes_out, _step_bias_row,
+from .numba_rows import (_SPREAD, _current_row, _if_row, _residual_in, _spikes_out, _step_bias_row, _tile_setup,
                          spikes_out_views)
 
 # accumulator width per output pixel in units of 8 float32 (ct = 8 * nv channels per tile); in
@@ -489,8 +489,6 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
     P = Ho * Wo
     WC = Wo * ct
     nw = toff.shape[0]
-    n_thr = thr.shape[0]
-    n_rs = rs.shape[0]
     const_res = res.shape[0] == 1
     vr = np.float32(v_reset)
     b = item // n_tiles
@@ -509,16 +507,7 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
     xr = np.zeros(1 if neuron else P * ct, np.float32)
     rr8w = np.zeros(P * nv if fast_res else 1, np.uint64)
     rr8 = rr8w.view(np.uint8)
-    for ox in range(Wo):
-        for c in range(nc):
-            th[ox * ct + c] = thr[(c0 + c) % n_thr]
-            sc[ox * ct + c] = rs[(c0 + c) % n_rs]
-            bi[ox * ct + c] = bias[c0 + c]
-    if neuron:
-        for c in range(nc):
-            base = (b * Cout + c0 + c) * P
-            for p in range(P):
-                vl[p * ct + c] = v[base + p]
+    _tile_setup(thr, rs, bias, v, vl, b, Cout, c0, nc, ct, Wo, P, th, sc, bi, neuron)
     wt = wg[tile]
     n_out = np.uint64(0)
     for t in range(T):
@@ -579,7 +568,9 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
     end; split, 0.98-1.16x end to end (bench/RESULTS.md "Session 8").
     """
     for item in numba.prange(pk.shape[1] * n_tiles):
-        _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v, out, out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron, sb, has_sb, origin, keep, kept, n_kept)
+        _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v,
+                     out, out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron,
+                     sb, has_sb, origin, keep, kept, n_kept)
 
 
 def _tables(kh: int, kw: int, Cb: int, Wp: int, ct: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

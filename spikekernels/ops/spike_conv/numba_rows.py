@@ -37,6 +37,26 @@ def spikes_out_views(out: np.ndarray, neuron: bool, P: int) -> tuple[int, np.nda
     return mode, words
 
 
+@numba.njit(cache=True, inline="always")
+def _tile_setup(thr, rs, bias, v, vl, b, Cout, c0, nc, ct, Wo, P, th, sc, bi, neuron):
+    """Per work item: the channel tile's threshold, residual scale and bias spread over an
+    output row channels-last (``th``, ``sc``, ``bi`` ``[W' * ct]``; per-channel vectors of one
+    value broadcast), and with the neuron the membrane ``v [B * Cout * P]`` of image ``b``
+    transposed to channels-last ``vl [P * ct]``."""
+    n_thr = thr.shape[0]
+    n_rs = rs.shape[0]
+    for ox in range(Wo):
+        for c in range(nc):
+            th[ox * ct + c] = thr[(c0 + c) % n_thr]
+            sc[ox * ct + c] = rs[(c0 + c) % n_rs]
+            bi[ox * ct + c] = bias[c0 + c]
+    if neuron:
+        for c in range(nc):
+            base = (b * Cout + c0 + c) * P
+            for p in range(P):
+                vl[p * ct + c] = v[base + p]
+
+
 @numba.njit(cache=True, fastmath=False, inline="always")
 def _if_row(arow, bi, sc, rr, sb, th, vrow, sp, has_res, has_sb, reset_zero, vr):
     """IF update of one output row, channels-last ``[W', co_tile]``; clears the current.
@@ -140,7 +160,8 @@ def _spikes_out(spw, ct, nc, P, ot, ow, c0, spread, mode):
     """Channels-last spikes ``spw`` (as bytes: ``[P, ct]`` 0/1) to rows ``c0:c0+nc`` of the output.
 
     ``mode`` OUT_WORDS with ``P`` a multiple of 64 and ``ct`` in 8, 16, 32, 64: 64 pixels at a
-    time through ``numba_transpose.rows64`` (vector shuffles) into ``ot``. Otherwise OUT_WORDS: write ``ow``, the uint8 output ``[Cout, P]`` viewed as uint64
+    time through ``numba_transpose.rows64`` (vector shuffles) into ``ot``. Otherwise OUT_WORDS:
+    write ``ow``, the uint8 output ``[Cout, P]`` viewed as uint64
     ``[Cout, P / 8]`` (P a multiple of 8): 8 pixels x 8 channels at a time, OR the 8 pixel
     words (one 0/1 byte per channel) shifted by the pixel into one bit matrix, then spread
     each channel's byte of it back to 8 bytes through a table: one uint64 store per 8 spikes.
