@@ -60,10 +60,11 @@ def _release(m: mmap.mmap, size: int) -> None:
 
 
 def empty(shape, dtype: torch.dtype) -> torch.Tensor | None:
-    """An uninitialized CPU tensor from the pool, or None when it does not apply (too small,
-    pool off, a dtype numpy cannot view)."""
+    """An uninitialized CPU tensor ``shape`` of ``dtype`` from the pool (a torch view of the
+    mapping's bytes, any dtype), or None when the pool does not apply: fewer than
+    POOL_MIN_BYTES, or the pool is off."""
     global _held
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < POOL_MIN_BYTES or pool_bytes() == 0:
         return None
     size = -(-nbytes // _HUGE) * _HUGE
