@@ -22,15 +22,21 @@ input spike's weights into a current buffer in memory). Here each output pixel g
    makes the trips ``1 / unroll`` as many and the sets make the chains of dependent adds
    ``1 / sets`` as long. Only the sum goes to memory, once. Padding and skipped channels are
    zero bits, so there are no bounds checks.
-3. Once a row of output pixels is summed, the IF update runs over the whole row
-   channels-last (``numba_rows._if_row``: the float32 operations of ``if_scan`` in its
-   order, ``x = (sum + b) + (β_t + α·r)``, ``v = v + x``; the per-step bias β_t is one row
-   per step and channel tile, read beside the constant bias ``b``), on a channels-last membrane that stays in
-   cache for the T loop; after each step the spikes are transposed to ``out``.
-
-4. The spikes also go out as bits in ``_pack``'s layout (``_bits_out``, border KEEP_PAD), kept
-   beside the output tensor until it dies (``_keep``); a later call on that tensor reads them
-   instead of packing it (``recall``), and ``spikekernels.count_spikes`` reads their count.
+3. With the neuron, the sums of a pixel never go to memory: ``_gather_if`` runs the IF update
+   on them while they are in registers (``_if_tail``: the float32 operations of ``if_scan``
+   in its order, ``x = (sum + b) + (β_t + α·r)``, ``v = v + x``, ``s = v >= θ``, the reset;
+   the per-step bias β_t is one row per step and channel tile, read beside the constant bias
+   ``b``) on a channels-last membrane that stays in cache for the T loop. The vector compare
+   that gives the spikes is also their bits: the pixel's ``ct`` lanes are one 8-64-bit word,
+   stored in ``_pack``'s layout (border KEEP_PAD) and counted with ``popcnt``. Fused this
+   way, ResNet-20's layers ran 1.05-1.28x faster and the whole network 1.12-1.14x (T=128,
+   B=32) than with a row pass of the IF and a pass that packed the spike bytes (bench/RESULTS.md
+   "Session 9"). After each step the spikes are transposed to ``out``. Without the neuron
+   (``neuron=False``, the current is the output) ``_gather_sum`` stores the sums and a row
+   pass adds the bias and the residual.
+4. The kept bits stay beside the output tensor until it dies (``_keep``); a later call on
+   that tensor reads them instead of packing it (``recall``), and ``spikekernels.count_spikes``
+   reads their count.
 
 Work per output neuron-step: one word per 64 receptive-field inputs plus ``ct / 8`` vector
 adds per active input (their count rounded up to ``unroll``); no current buffer is written
@@ -52,10 +58,11 @@ import torch
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba.core.typing import signature
 from numba.extending import intrinsic
 
 from ..if_scan.numba import spike_buffer
-from .numba_rows import (_SPREAD, _current_row, _if_row, _residual_in, _spikes_out, _step_bias_row, _tile_setup,
+from .numba_rows import (_SPREAD, _current_row, _residual_in, _spikes_out, _step_bias_row, _tile_setup,
                          spikes_out_views)
 
 # accumulator width per output pixel in units of 8 float32 (ct = 8 * nv channels per tile); in
@@ -91,9 +98,10 @@ LIST_CAP = 8192
 WALK = {1: (4, 4), 2: (4, 4), 4: (4, 4), 8: (4, 4)} if COMPRESS else {1: (2, 2), 2: (2, 2), 4: (2, 2), 8: (2, 1)}
 
 
-def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool):
+def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool, neuron: bool = False):
     """LLVM IR of ``_gather_sum`` for ``ct = 8 * nv`` channels of sums (vectors of 16 lanes for
-    an even ``nv``, of 8 for an odd one; each lane's additions are the same either way).
+    an even ``nv``, of 8 for an odd one; each lane's additions are the same either way); with
+    ``neuron``, of ``_gather_if`` (the sums go through ``_if_tail``, not to memory).
 
     The active inputs' weight rows are added ``unroll`` per trip of a loop (rows past the last
     active one are the zero row at the end of ``w``: no branch per input, one loop exit per
@@ -112,16 +120,14 @@ def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool):
     shift = ir.Constant(i64, (8 * nv).bit_length() - 1)
 
     def codegen(context, builder, sig, args):
-        pk_t, _, toff_t, wrow_t, mask_t, _, w_t, acc_t, _ = sig.args
+        pk_t, _, toff_t, wrow_t, mask_t, _, w_t = sig.args[:7]
         pk = context.make_array(pk_t)(context, builder, args[0])
         toff = context.make_array(toff_t)(context, builder, args[2])
         wrow = context.make_array(wrow_t)(context, builder, args[3])
         mask = context.make_array(mask_t)(context, builder, args[4])
         w = context.make_array(w_t)(context, builder, args[6])
-        acc = context.make_array(acc_t)(context, builder, args[7])
         base = context.cast(builder, args[1], sig.args[1], types.int64)
         nw = context.cast(builder, args[5], sig.args[5], types.int64)
-        aoff = context.cast(builder, args[8], sig.args[8], types.int64)
         zero_row = builder.sub(cgutils.unpack_tuple(builder, w.shape, 1)[0], ir.Constant(i64, 8 * nv))
         zero, one = ir.Constant(i64, 0), ir.Constant(i64, 1)
         # allocas in the entry block: LLVM promotes the scalars and sums to registers (mem2reg)
@@ -216,15 +222,119 @@ def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool):
                     walk_words()
         else:
             walk_words()
+        totals = []
         for k in range(nvec):
             parts = [builder.load(sums[m][k]) for m in range(sets)]
             while len(parts) > 1:
                 parts = [builder.fadd(parts[m], parts[m + 1]) for m in range(0, len(parts), 2)]
+            totals.append(parts[0])
+        if neuron:
+            return _if_tail(context, builder, sig, args, totals, lw)
+        acc = context.make_array(sig.args[7])(context, builder, args[7])
+        aoff = context.cast(builder, args[8], sig.args[8], types.int64)
+        for k, total in enumerate(totals):
             dst = builder.gep(acc.data, [builder.add(aoff, ir.Constant(i64, lw * k))])
-            builder.store(parts[0], builder.bitcast(dst, vt.as_pointer()), align=4)
+            builder.store(total, builder.bitcast(dst, vt.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return codegen
+
+
+# flags of _gather_if: residual, step bias, reset to v_reset (else subtract), write the bits
+IF_RES, IF_SB, IF_ZERO, IF_KEEP = 1, 2, 4, 8
+
+
+def _if_tail(context, builder, sig, args, totals, lw):
+    """IR of the IF update of one output pixel from its receptive-field sums ``totals`` (``ct``
+    channels as vectors of ``lw`` float32, still in registers), for ``_gather_if``.
+
+    The float32 operations of ``numba_rows._if_row`` in its order: ``x = (sum + b) + (β_t +
+    α·r)`` (the terms by the flags ``IF_RES``/``IF_SB``, one predictable branch per pixel),
+    ``v = v + x``, ``s = v >= θ`` (ordered: NaN does not fire), then ``v = v_reset`` (IF_ZERO)
+    or ``v = v - θ·s``. The membrane ``vl``, the spikes ``sp`` (0/1 bytes) and the residual
+    ``rr`` (uint8 or float32) are channels-last at ``voff`` / ``voff`` / ``roff``; ``θ``, ``b``,
+    ``α``, ``β_t`` are the tile's first ``ct`` entries. The spike mask of the ``ct`` lanes is
+    also the pixel's byte(s) of bits in ``_pack``'s layout: with IF_KEEP its first ``nbytes``
+    bytes go to ``kept[koff:]``. Returns the pixel's spike count (popcount of the mask).
+    """
+    i64, i8, f32 = ir.IntType(64), ir.IntType(8), ir.FloatType()
+    vt = ir.VectorType(f32, lw)
+    ct = lw * len(totals)
+    arr = [context.make_array(sig.args[i])(context, builder, args[i]) if isinstance(sig.args[i], types.Array)
+           else None for i in range(len(args))]
+    vl, th, bi, sc, sb, rr, sp, kept = (arr[i] for i in (7, 9, 10, 11, 12, 13, 15, 16))
+    voff, roff, koff, nbytes, flags = (context.cast(builder, args[i], sig.args[i], types.int64)
+                                       for i in (8, 14, 17, 18, 19))
+    vr = context.cast(builder, args[20], sig.args[20], types.float32)
+    rr_bytes = sig.args[13].dtype == types.uint8
+
+    def flag(bit):
+        return builder.icmp_unsigned("!=", builder.and_(flags, ir.Constant(i64, bit)), ir.Constant(i64, 0))
+
+    def vload(a, off, k, t=vt, align=4):
+        p = builder.gep(a.data, [builder.add(off, ir.Constant(i64, lw * k))])
+        return builder.load(builder.bitcast(p, t.as_pointer()), align=align)
+
+    zero = ir.Constant(i64, 0)
+    base = [builder.fadd(total, vload(bi, zero, k)) for k, total in enumerate(totals)]
+    xs = [cgutils.alloca_once(builder, vt) for _ in totals]
+    with builder.if_else(flag(IF_RES)) as (with_res, without_res):
+        with with_res:
+            terms = []
+            for k in range(len(totals)):
+                if rr_bytes:
+                    r = builder.uitofp(vload(rr, roff, k, ir.VectorType(i8, lw), 1), vt)
+                else:
+                    r = vload(rr, roff, k)
+                terms.append(builder.fmul(vload(sc, zero, k), r))
+            with builder.if_else(flag(IF_SB)) as (with_sb, without_sb):
+                with with_sb:
+                    for k, term in enumerate(terms):
+                        builder.store(builder.fadd(base[k], builder.fadd(vload(sb, zero, k), term)), xs[k])
+                with without_sb:
+                    for k, term in enumerate(terms):
+                        builder.store(builder.fadd(base[k], term), xs[k])
+        with without_res:
+            with builder.if_else(flag(IF_SB)) as (with_sb, without_sb):
+                with with_sb:
+                    for k in range(len(totals)):
+                        builder.store(builder.fadd(base[k], vload(sb, zero, k)), xs[k])
+                with without_sb:
+                    for k in range(len(totals)):
+                        builder.store(base[k], xs[k])
+    to_zero = flag(IF_ZERO)
+    vr_vec = builder.shuffle_vector(builder.insert_element(ir.Constant(vt, None), vr, ir.Constant(ir.IntType(32), 0)),
+                                    ir.Constant(vt, None), ir.Constant(ir.VectorType(ir.IntType(32), lw), [0] * lw))
+    fzero = ir.Constant(vt, [0.0] * lw)
+    it = ir.IntType(ct)
+    bits = ir.Constant(it, 0)
+    for k in range(len(totals)):
+        vp = builder.gep(vl.data, [builder.add(voff, ir.Constant(i64, lw * k))])
+        vp = builder.bitcast(vp, vt.as_pointer())
+        vi = builder.fadd(builder.load(vp, align=4), builder.load(xs[k]))
+        thk = vload(th, zero, k)
+        spk = builder.fcmp_ordered(">=", vi, thk)
+        after = builder.select(to_zero, builder.select(spk, vr_vec, vi),
+                               builder.fsub(vi, builder.select(spk, thk, fzero)))
+        builder.store(after, vp, align=4)
+        sq = builder.gep(sp.data, [builder.add(voff, ir.Constant(i64, lw * k))])
+        builder.store(builder.zext(spk, ir.VectorType(i8, lw)), builder.bitcast(sq, ir.VectorType(i8, lw).as_pointer()),
+                      align=1)
+        lane_bits = builder.zext(builder.bitcast(spk, ir.IntType(lw)), it)
+        bits = builder.or_(bits, builder.shl(lane_bits, ir.Constant(it, lw * k)) if k else lane_bits)
+    with builder.if_then(flag(IF_KEEP)):
+        dst = builder.gep(kept.data, [koff])
+        whole = builder.icmp_unsigned("==", nbytes, ir.Constant(i64, ct // 8))
+        with builder.if_else(whole, likely=True) as (all_bytes, some_bytes):
+            with all_bytes:
+                builder.store(bits, builder.bitcast(dst, it.as_pointer()), align=1)
+            with some_bytes:
+                if ct > 8:  # (ct = 8: one byte, always whole)
+                    with cgutils.for_range(builder, nbytes) as loop:
+                        shift = builder.mul(loop.index, ir.Constant(i64, 8))
+                        shift = builder.trunc(shift, it) if ct < 64 else shift
+                        builder.store(builder.trunc(builder.lshr(bits, shift), i8), builder.gep(dst, [loop.index]))
+    return builder.zext(builder.ctpop(bits), i64) if ct < 64 else builder.ctpop(bits)
 
 
 def _make_gather(nv: int):
@@ -251,7 +361,27 @@ def _make_gather(nv: int):
                 totals = [totals[m] + totals[m + 1] for m in range(0, len(totals), 2)]
             acc[aoff:aoff + ct] = totals[0]
 
-        return gather_py
+        def gather_if_py(pk, base, toff, wrow, mask, nw, w, vl, voff, th, bi, sc, sb, rr, roff, sp, kept, koff,
+                         nbytes, flags, vr):
+            """Python twin of the neuron intrinsic (NUMBA_DISABLE_JIT runs)."""
+            acc = np.zeros(ct, np.float32)
+            gather_py(pk, base, toff, wrow, mask, nw, w, acc, 0)
+            x = acc + bi[:ct]
+            if flags & IF_RES:
+                term = sc[:ct] * rr[roff:roff + ct].astype(np.float32)
+                x = x + (sb[:ct] + term if flags & IF_SB else term)
+            elif flags & IF_SB:
+                x = x + sb[:ct]
+            vi = vl[voff:voff + ct] + x
+            spk = vi >= th[:ct]
+            vl[voff:voff + ct] = np.where(spk, np.float32(vr), vi) if flags & IF_ZERO else vi - np.where(
+                spk, th[:ct], np.float32(0))
+            sp[voff:voff + ct] = spk
+            if flags & IF_KEEP:
+                kept[koff:koff + nbytes] = np.packbits(spk, bitorder="little")[:nbytes]
+            return np.uint64(spk.sum())
+
+        return gather_py, gather_if_py
 
     @intrinsic
     def gather(typingctx, pk, base, toff, wrow, mask, nw, w, acc, aoff):
@@ -264,10 +394,10 @@ def _make_gather(nv: int):
         """
         return types.void(pk, base, toff, wrow, mask, nw, w, acc, aoff), _gather_codegen(nv, unroll, sets, COMPRESS)
 
-    return gather
+    return gather, None  # (the neuron intrinsic: _gather_if, one for every nv)
 
 
-_gather1, _gather2, _gather4, _gather8 = (_make_gather(nv) for nv in VECTORS)
+(_gather1, _gather2, _gather4, _gather8), _gather_ifs = zip(*(_make_gather(nv) for nv in VECTORS))
 
 
 @numba.njit(cache=True, inline="always")
@@ -283,95 +413,47 @@ def _gather_sum(nv, pk, base, toff, wrow, mask, nw, w, acc, aoff):
         _gather8(pk, base, toff, wrow, mask, nw, w, acc, aoff)
 
 
+def _gather_if_codegen(context, builder, sig, args):
+    """``_gather_codegen(nv, ..., neuron=True)`` for each ``nv`` in VECTORS, chosen by a switch on
+    the first argument (one intrinsic, not an inlined Python dispatch: Numba's reference-count
+    pruning left one incref/decref pair per array argument per pixel there)."""
+    inner = signature(sig.return_type, *sig.args[1:])
+    nv = context.cast(builder, args[0], sig.args[0], types.int64)
+    count = cgutils.alloca_once(builder, ir.IntType(64))
+    done = builder.append_basic_block("gather_if.done")
+    blocks = {n: builder.append_basic_block(f"gather_if.nv{n}") for n in VECTORS}
+    switch = builder.switch(nv, blocks[VECTORS[-1]])
+    for n, block in blocks.items():
+        if n != VECTORS[-1]:
+            switch.add_case(ir.Constant(ir.IntType(64), n), block)
+        builder.position_at_end(block)
+        unroll, sets = WALK[n]
+        builder.store(_gather_codegen(n, unroll, sets, COMPRESS, neuron=True)(context, builder, inner, args[1:]), count)
+        builder.branch(done)
+    builder.position_at_end(done)
+    return builder.load(count)
+
+
+if numba.config.DISABLE_JIT:
+    def _gather_if(nv, *args):
+        """Python twin of the intrinsic (NUMBA_DISABLE_JIT runs)."""
+        return _gather_ifs[VECTORS.index(nv)](*args)
+else:
+    @intrinsic
+    def _gather_if(typingctx, nv, pk, base, toff, wrow, mask, nw, w, vl, voff, th, bi, sc, sb, rr, roff, sp, kept,
+                   koff, nbytes, flags, vr):
+        """Receptive-field sum of one output pixel (``gather``'s, not stored) and its IF update
+        (``_if_tail``) for ``ct = 8 nv`` channels (``nv`` in VECTORS); returns its spike count."""
+        sig = types.uint64(nv, pk, base, toff, wrow, mask, nw, w, vl, voff, th, bi, sc, sb, rr, roff, sp, kept, koff,
+                           nbytes, flags, vr)
+        return sig, _gather_if_codegen
+
+
 # border of the bits a neuron output is kept in (see _Packed): a 3x3 conv with padding 1 reads
 # them as they are, a 1x1 conv with padding 0 from one pixel in
 KEEP_PAD = 1
 # whether neuron outputs keep their bits at all (off: every conv packs its input itself)
 KEEP = True
-# 8 bytes of 0/1 (little-endian uint64) -> their bits in the top byte; -> their sum in the top byte
-_PACK8 = np.uint64(0x0102040810204080)
-_SUM8 = np.uint64(0x0101010101010101)
-
-
-def _bits_run_codegen(context, builder, sig, args):
-    """``dst[d0 + i] = bits of src[s0 + 8 i: +8] != 0`` for ``i < n``, returns their popcount.
-
-    64 bytes at a time: one vector compare of ``<64 x i8>`` gives the mask of 64 bits (one
-    ``vptestmb`` with AVX-512BW), stored as 8 bytes; the remaining ``n % 8`` bytes 8 at a time.
-    """
-    src_t, _, dst_t, _, _ = sig.args
-    i64, i8 = ir.IntType(64), ir.IntType(8)
-    src = context.make_array(src_t)(context, builder, args[0])
-    dst = context.make_array(dst_t)(context, builder, args[2])
-    s0 = context.cast(builder, args[1], sig.args[1], types.int64)
-    d0 = context.cast(builder, args[3], sig.args[3], types.int64)
-    n = context.cast(builder, args[4], sig.args[4], types.int64)
-    sp = builder.bitcast(src.data, i8.as_pointer())
-    dp = builder.bitcast(dst.data, i8.as_pointer())
-    total = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
-
-    def chunk(i, lanes):
-        vt = ir.VectorType(i8, lanes)
-        it = ir.IntType(lanes)
-        v = builder.load(builder.bitcast(builder.gep(sp, [builder.add(s0, builder.mul(i, ir.Constant(i64, 8)))]),
-                                         vt.as_pointer()), align=1)
-        bits = builder.bitcast(builder.icmp_unsigned("!=", v, ir.Constant(vt, [0] * lanes)), it)
-        builder.store(bits, builder.bitcast(builder.gep(dp, [builder.add(d0, i)]), it.as_pointer()), align=1)
-        builder.store(builder.add(builder.load(total), builder.zext(builder.ctpop(bits), i64)), total)
-
-    full = builder.udiv(n, ir.Constant(i64, 8))
-    with cgutils.for_range(builder, full) as loop:
-        chunk(builder.mul(loop.index, ir.Constant(i64, 8)), 64)
-    with cgutils.for_range_slice(builder, builder.mul(full, ir.Constant(i64, 8)), n, ir.Constant(i64, 1)) as (i, _):
-        chunk(i, 8)
-    return builder.load(total)
-
-
-if numba.config.DISABLE_JIT:
-    def _bits_run(src, s0, dst, d0, n):
-        """Python twin of the intrinsic (NUMBA_DISABLE_JIT runs)."""
-        bits = np.packbits(src[s0:s0 + 8 * n] != 0, bitorder="little")
-        dst[d0:d0 + n] = bits
-        return np.uint64(int(np.unpackbits(bits).sum()))
-else:
-    @intrinsic
-    def _bits_run(typingctx, src, s0, dst, d0, n):
-        """``dst[d0:d0 + n]`` = the bits of the 0/1 bytes ``src[s0:s0 + 8 n]``; returns their count."""
-        return types.uint64(src, s0, dst, d0, n), _bits_run_codegen
-
-
-@numba.njit(cache=True, inline="always")
-def _bits_out(sp, ct, nc, Ho, Wo, dst, Wp, Cb, g0):
-    """Channels-last spikes ``sp`` (bytes ``[P, ct]`` 0/1) of channels ``8 g0 .. 8 g0 + nc``
-    into the bits ``dst`` (``_pack``'s layout with a border of KEEP_PAD, ``Wp = Wo + 2
-    KEEP_PAD``, ``Cb`` bytes per pixel); returns how many spikes it wrote.
-
-    When the tile holds every channel (``ct = 8 Cb = nc``) an output row is one contiguous run
-    of bytes in ``dst``, converted 64 spikes at a time (``_bits_run``); otherwise pixel by
-    pixel, the lanes past ``nc`` masked off.
-    """
-    cg = ct // 8
-    n = np.uint64(0)
-    if cg == Cb and nc == ct:
-        for oy in range(Ho):
-            n += _bits_run(sp, oy * Wo * ct, dst, ((oy + KEEP_PAD) * Wp + KEEP_PAD) * Cb, Wo * cg)
-        return n
-    ng = (nc + 7) // 8
-    spw = sp.view(np.uint64)
-    tail = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(8 * (8 * ng - nc))
-    for oy in range(Ho):
-        for ox in range(Wo):
-            src = (oy * Wo + ox) * cg
-            o = ((oy + KEEP_PAD) * Wp + ox + KEEP_PAD) * Cb + g0
-            for g in range(ng):
-                w = spw[src + g]
-                if g == ng - 1:
-                    w &= tail
-                dst[o + g] = np.uint8((w * _PACK8) >> np.uint64(56))
-                n += (w * _SUM8) >> np.uint64(56)
-    return n
-
-
 class _Packed(NamedTuple):
     """A neuron output's spikes as bits, kept for the layer that reads it next."""
 
@@ -474,15 +556,16 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
 
     ``pk [T, B, bytes]`` bits from ``_pack``; ``toff``/``wrow``/``mask`` per receptive-field
     word: byte offset from the pixel's corner, first weight row (in floats), valid bits;
-    ``wg [n_tiles, rows * ct]`` float32 weight rows. Per step and output row: ``_gather_sum``
-    of each pixel into the channels-last row ``acc [W', ct]``, then the IF of the whole row
-    (or the current when not ``neuron``) with the membrane channels-last too; per step the
-    spikes go to ``out [T, B, Cout, H'W']`` (``fast_out``: a ``_spikes_out`` mode; uint8
-    through ``out_words``). A uint8 residual comes in channels-last once per step through ``res_words`` (``fast_res``),
-    any other residual row by row. ``sb [T, Cout]`` (``has_sb``): the per-step bias, spread
+    ``wg [n_tiles, rows * ct]`` float32 weight rows. Per step and output pixel, with the
+    neuron: ``_gather_if`` (sum and IF update, the membrane channels-last in ``vl [P, ct]``,
+    the spikes as bytes in ``sp [P, ct]`` and, with ``keep``, as bits in ``kept [T, B,
+    bytes]``); per step the spikes go to ``out [T, B, Cout, H'W']`` (``fast_out``: a
+    ``_spikes_out`` mode; uint8 through ``out_words``). Without: ``_gather_sum`` of each pixel
+    into the channels-last row ``acc [W', ct]``, then the current of the row. A uint8
+    residual comes in channels-last once per step through ``res_words`` (``fast_res``), any
+    other residual row by row. ``sb [T, Cout]`` (``has_sb``): the per-step bias, spread
     channels-last over a row once per step. ``origin``: byte offset of the first receptive
-    field's corner in ``pk``. ``keep``: the spikes also go to ``kept [T, B, bytes]`` as bits
-    (``_bits_out``), their count to ``n_kept [item]``.
+    field's corner in ``pk``. The spike count goes to ``n_kept [item]``.
     """
     T, B = pk.shape[:2]
     ct = 8 * nv
@@ -510,6 +593,12 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
     _tile_setup(thr, rs, bias, v, vl, b, Cout, c0, nc, ct, Wo, P, th, sc, bi, neuron)
     wt = wg[tile]
     n_out = np.uint64(0)
+    # the kept bits: pixels of Ck bytes in rows of Wk, this tile's k_bytes of each
+    Wk = Wo + 2 * KEEP_PAD
+    Ck = (Cout + 7) // 8
+    k_bytes = (nc + 7) // 8
+    flags = ((IF_RES if has_res else 0) | (IF_SB if has_sb else 0) | (IF_ZERO if reset_zero else 0)
+             | (IF_KEEP if keep else 0))
     for t in range(T):
         pt = pk[t, b]
         tr = 0 if const_res else t
@@ -518,30 +607,35 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
             _residual_in(res_words[tr], rt, rr8, rr8w, ct, nc, P, b * Cout + c0, spread)
         if has_sb:
             _step_bias_row(sb[t], c0, nc, ct, Wo, sbr)
+        kt = kept[t, b] if keep else kept[0, 0]
         for oy in range(Ho):
-            for ox in range(Wo):
-                _gather_sum(nv, pt, (oy * sy * Wp + ox * sx) * Cb + origin, toff, wrow, mask, nw, wt, acc, ox * ct)
-            lo = oy * WC
-            if fast_res:
-                if neuron:
-                    _if_row(acc, bi, sc, rr8[lo:lo + WC], sbr, th, vl[lo:lo + WC], sp[lo:lo + WC], True, has_sb,
-                            reset_zero, vr)
-                else:
-                    _current_row(acc, bi, sc, rr8[lo:lo + WC], sbr, xr[lo:lo + WC], True, has_sb)
-                continue
-            if has_res:
+            if has_res and not fast_res:
                 for c in range(nc):
                     src = rt[(b * Cout + c0 + c) * P + oy * Wo:(b * Cout + c0 + c) * P + (oy + 1) * Wo]
                     for ox in range(Wo):
                         rr[ox * ct + c] = np.float32(src[ox])
             if neuron:
-                _if_row(acc, bi, sc, rr, sbr, th, vl[lo:lo + WC], sp[lo:lo + WC], has_res, has_sb, reset_zero, vr)
+                # sum and IF per pixel (_if_tail), the spikes' bits straight to the kept layout
+                k_row = ((oy + KEEP_PAD) * Wk + KEEP_PAD) * Ck + c0 // 8
+                for ox in range(Wo):
+                    base = (oy * sy * Wp + ox * sx) * Cb + origin
+                    p = oy * Wo + ox
+                    if fast_res or not has_res:
+                        n_out += _gather_if(nv, pt, base, toff, wrow, mask, nw, wt, vl, p * ct, th, bi, sc, sbr, rr8,
+                                            p * ct, sp, kt, k_row + ox * Ck, k_bytes, flags, vr)
+                    else:
+                        n_out += _gather_if(nv, pt, base, toff, wrow, mask, nw, wt, vl, p * ct, th, bi, sc, sbr, rr,
+                                            ox * ct, sp, kt, k_row + ox * Ck, k_bytes, flags, vr)
+                continue
+            for ox in range(Wo):
+                _gather_sum(nv, pt, (oy * sy * Wp + ox * sx) * Cb + origin, toff, wrow, mask, nw, wt, acc, ox * ct)
+            lo = oy * WC
+            if fast_res:
+                _current_row(acc, bi, sc, rr8[lo:lo + WC], sbr, xr[lo:lo + WC], True, has_sb)
             else:
                 _current_row(acc, bi, sc, rr, sbr, xr[lo:lo + WC], has_res, has_sb)
         if neuron:
             _spikes_out(spw, ct, nc, P, out[t, b], out_words[t, b], c0, spread, fast_out)
-            if keep:
-                n_out += _bits_out(sp, ct, nc, Ho, Wo, kept[t, b], Wo + 2 * KEEP_PAD, (Cout + 7) // 8, c0 // 8)
         else:
             ot = out[t, b]
             for c in range(nc):
