@@ -3,7 +3,9 @@
 One process, providers interleaved round by round, medians; predictions of the two kernels
 compared first. ``unkept`` is the gather kernel with its output bits not kept for the next
 conv (``numba_gather.KEEP = False``: every conv packs its input, spikes are counted by numpy;
-checked bit-identical first). ``--profile`` adds a cProfile of one run of each kernel (top
+checked bit-identical first). ``tensors`` keeps the bits but writes every layer's spike
+tensor (``sresnet.executor.BITS_BETWEEN_CONVS = False``; by default the outputs only spiking
+convs read stay bits; checked bit-identical too). ``--profile`` adds a cProfile of one run of each kernel (top
 functions by own time).
 Needs the shared checkpoint and CIFAR-10 (``../shared``).
 
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conv_shapes import scatter_only  # noqa: E402
 from peers import load_real  # noqa: E402
 
+from sresnet import executor  # noqa: E402
 from spikekernels.ops.spike_conv import numba_gather  # noqa: E402
 
 
@@ -55,6 +58,13 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             numba_gather.KEEP = True
 
+    def tensors():
+        executor.BITS_BETWEEN_CONVS = False
+        try:
+            return snn(images, timesteps=T)
+        finally:
+            executor.BITS_BETWEEN_CONVS = True
+
     def ann_x_t():
         with torch.no_grad():
             for _ in range(T):
@@ -65,11 +75,14 @@ def main(argv: list[str] | None = None) -> None:
     spikes = dict(snn.last_stats["spikes"])
     b, c = scatter(), unkept()
     same = torch.equal(a, c) and spikes == snn.last_stats["spikes"]
+    d = tensors()
+    same_t = torch.equal(a, d) and spikes == snn.last_stats["spikes"]
     agree = (a.argmax(1) == b.argmax(1)).float().mean().item()
     print(f"ResNet-20, B={args.batch}, T={T}: gather and scatter predictions agree on {agree:.3f} of images; "
           f"kept and unkept bits give {'identical' if same else 'DIFFERENT'} scores and spike counts; "
+          f"bits between convs and written tensors give {'identical' if same_t else 'DIFFERENT'} ones; "
           f"load average {os.getloadavg()[0]:.2f}")
-    fns = {"gather": gather, "unkept": unkept, "scatter": scatter, "ann-xT": ann_x_t}
+    fns = {"gather": gather, "tensors": tensors, "unkept": unkept, "scatter": scatter, "ann-xT": ann_x_t}
     times = {k: [] for k in fns}
     for _ in range(args.rounds):
         for k, fn in fns.items():
@@ -82,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
               f"gather faster by {s / med['gather']:.2f}x")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     if args.profile:
-        for k in ("scatter", "unkept", "gather"):
+        for k in ("scatter", "unkept", "tensors", "gather"):
             print(f"profile of one {k} run:")
             prof = cProfile.Profile()
             prof.runcall(fns[k])

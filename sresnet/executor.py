@@ -6,6 +6,13 @@ carrying its membrane (or max-pool counts) to the next chunk. Spikes between lay
 uint8. A layer's output is dropped as soon as its last reader has run, so memory is
 bounded by the chunk, not by T; only the ``[T, B, classes]`` per-step readout grows with T.
 
+In an inference run on the CPU (no observer, no spike maps), a layer whose spikes only
+spiking convs read (their input, or the spike shortcut of a block's second conv:
+``Executor.conv_read``) keeps them as bits only: the Numba gather kernel writes the bits the
+next conv reads and counts the spikes, and no ``[T, B, C, H, W]`` tensor is written
+(``spikekernels.ops.spike_conv.numba_gather.bits_only``). Results are bit-identical;
+``BITS_BETWEEN_CONVS = False`` writes every output.
+
 The executor holds no parameters: everything it computes comes from the description, so
 the same description runs on any backend, in chunks of any size, with the same result.
 """
@@ -18,6 +25,10 @@ import torch.nn.functional as F
 import spikekernels as sk
 
 from .network import Layer, Network, Term
+
+# whether outputs read only by spiking convs stay bits in an inference run on the CPU
+# (Executor.conv_read); False writes every layer's [T, B, C, H, W] spikes
+BITS_BETWEEN_CONVS = True
 
 # target size of the largest intermediate of one chunk (larger tensors are fresh mmaps on
 # glibc and page-fault on each allocation, see DESIGN.md)
@@ -46,6 +57,10 @@ def apply_op(op: tuple, x: torch.Tensor, backend=None) -> torch.Tensor:
         y = F.max_pool2d(x.flatten(0, 1), op[1], op[2], op[3])
         return y.reshape(x.shape[0], x.shape[1], *y.shape[1:])
     raise ValueError(f"unknown op {kind!r} in a network description")
+
+
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def count_spikes(s: torch.Tensor, binary: bool = True):
@@ -125,6 +140,36 @@ class Executor:
         for layer in net.layers:
             self.binary.append(self.binary[layer.source] if layer.kind == "maxpool" else layer.neuron.binary)
         self.grad_kw = dict(surrogate=surrogate, detach_reset=detach_reset) if train else {}
+        self.train = train
+        self.conv_read = self._conv_read_layers()
+
+    def _conv_read_layers(self) -> set:
+        """Layers whose spikes only spiking convs read: a spiking conv layer (conv main term, 0/1
+        spikes) whose every reader is a conv term with no op before it and padding <= 1, or the
+        spike shortcut (residual) of a spiking conv layer, with no op either (no max pool, no
+        subsampled or padded shortcut, no readout reads it). In an inference run on the CPU
+        these layers' outputs stay bits (see :meth:`simulate`)."""
+        net = self.net
+        readers: dict = {}
+        for layer in net.layers:
+            if layer.kind == "maxpool":
+                readers.setdefault(layer.source, []).append(None)
+                continue
+            for t in layer.terms():
+                shortcut = (t.kind is None and layer.residual_spikes and t is layer.others[0]
+                            and layer.main.kind == "conv" and not t.pre)
+                readers.setdefault(t.source, []).append("shortcut" if shortcut else t)
+        for t in net.output:
+            readers.setdefault(t.source, []).append(None)
+
+        def by_bits(t) -> bool:
+            if t == "shortcut":
+                return True
+            return t is not None and t.kind == "conv" and not t.pre and max(_pair(t.padding)) <= 1
+
+        return {i for i, layer in enumerate(net.layers)
+                if layer.kind == "neuron" and layer.main is not None and layer.main.kind == "conv"
+                and self.binary[i] and readers.get(i) and all(by_bits(t) for t in readers[i])}
 
     def term(self, term: Term, outs: list, exact: bool = False) -> torch.Tensor:
         """The current of one term ``[T, B, ...]`` float32 from the spikes ``outs``."""
@@ -177,11 +222,14 @@ class Executor:
                 out[i] = c
         return out
 
-    def run_layer(self, i: int, outs: list, steps: int, state, stem_current=None, t0: int = 0):
+    def run_layer(self, i: int, outs: list, steps: int, state, stem_current=None, t0: int = 0, bits=None):
         """Run layer ``i`` for ``steps`` steps (global steps ``t0 ..``) on the outputs ``outs`` of earlier layers.
 
         Returns ``(spikes [steps, B, ...] uint8, state)``; ``state`` None means the start
-        (the neuron's v0; zero counts for a max pool).
+        (the neuron's v0; zero counts for a max pool). ``bits``: a context in which the
+        layer's spiking conv keeps its spikes as bits only (numba_gather.bits_only; only for
+        a layer in ``conv_read``): the returned tensor is then valid only as the input of
+        another spiking conv and for ``spikekernels.count_spikes``.
         """
         layer = self.net.layers[i]
         be = self.backend
@@ -228,6 +276,9 @@ class Executor:
         kw.update(threshold=nrn.threshold, v0=v0, reset=nrn.reset, residual=residual, residual_scale=rscale,
                   step_bias=rows)
         if main.kind == "conv":
+            if bits is not None:
+                with bits():
+                    return sk.spike_conv2d(x, main.weight, main.bias, main.stride, main.padding, **kw)
             return sk.spike_conv2d(x, main.weight, main.bias, main.stride, main.padding, **kw)
         return sk.spike_linear(x, main.weight, main.bias, **kw)
 
@@ -269,11 +320,17 @@ class Executor:
         # delayed readout of T' steps is (S[T'] - S[d]) / (T' - d)
         prefix = cprefix = None
         maps = {i: torch.zeros(l.shape, dtype=torch.float64) for i, l in enumerate(net.layers)} if record_maps else None
+        # outputs that only spiking convs read stay bits between layers (no [T, B, C, H, W]
+        # tensor is written): inference on the CPU, nobody looking at the spikes
+        bits_only = None
+        if BITS_BETWEEN_CONVS and not self.train and observer is None and maps is None and dev.type == "cpu":
+            from spikekernels.ops.spike_conv.numba_gather import bits_only
         for t0 in range(0, T, chunk):
             steps = min(chunk, T - t0)
             outs: list = [None] * n
             for i in range(n):
-                outs[i], states[i] = self.run_layer(i, outs, steps, states[i], stems.get(i), t0)
+                bits = bits_only if i in self.conv_read else None
+                outs[i], states[i] = self.run_layer(i, outs, steps, states[i], stems.get(i), t0, bits)
                 counts[i] += count_spikes(outs[i], self.binary[i])
                 if t0 == 0:
                     neurons[i] = outs[i][0, 0].numel()

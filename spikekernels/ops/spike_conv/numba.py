@@ -406,11 +406,21 @@ def spike_conv2d(s, weight, bias, stride, padding, thr, v, out, reset_zero: bool
     # a neuron output of the gather kernel: its kept bits and exact spike count
     kept = numba_gather.recall(s)
     density = kept.count / s.numel() if kept is not None else estimate_density(s)
-    if density > _config.conv_dense_density():
+    dense = density > _config.conv_dense_density()
+    if kept is not None and not kept.written and (dense or max(padding) > numba_gather.KEEP_PAD):
+        # a bits_only output read other than from its bits: its tensor is written first
+        numba_gather.materialize(s, kept)
+        kept = numba_gather.recall(s)
+    if residual is not None and (dense or not neuron):
+        # only the gather kernel's neuron path reads a residual's bits
+        numba_gather.materialize(residual, shape=tuple(out.shape))
+    if dense:
         _dense(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual, res_scale, neuron,
                step_bias)
     elif not numba_gather.gather(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual,
                                  res_scale, neuron, step_bias, kept):
         # not 0/1 (an analog input): the scatter kernel multiplies each weight by the input
+        if residual is not None:
+            numba_gather.materialize(residual, shape=tuple(out.shape))
         _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual, res_scale, neuron,
                step_bias)

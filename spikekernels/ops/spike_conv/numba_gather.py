@@ -46,6 +46,8 @@ cannot be bits: ``spike_conv2d`` falls back to the scatter kernel for them.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import threading
 import weakref
 from collections import OrderedDict
@@ -242,6 +244,8 @@ def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool, neuron: boo
 
 # flags of _gather_if: residual, step bias, reset to v_reset (else subtract), write the bits
 IF_RES, IF_SB, IF_ZERO, IF_KEEP = 1, 2, 4, 8
+# the (uint8) residual is bits in the kept layout, not 0/1 bytes channels-last
+IF_RESBITS = 16
 
 
 def _if_tail(context, builder, sig, args, totals, lw):
@@ -280,13 +284,25 @@ def _if_tail(context, builder, sig, args, totals, lw):
     xs = [cgutils.alloca_once(builder, vt) for _ in totals]
     with builder.if_else(flag(IF_RES)) as (with_res, without_res):
         with with_res:
-            terms = []
-            for k in range(len(totals)):
-                if rr_bytes:
-                    r = builder.uitofp(vload(rr, roff, k, ir.VectorType(i8, lw), 1), vt)
-                else:
-                    r = vload(rr, roff, k)
-                terms.append(builder.fmul(vload(sc, zero, k), r))
+            if rr_bytes:
+                # 0/1 as float: from ct bits at roff (IF_RESBITS) or from ct bytes
+                rs = [cgutils.alloca_once(builder, vt) for _ in totals]
+                with builder.if_else(flag(IF_RESBITS)) as (from_bits, from_bytes):
+                    with from_bits:
+                        word = builder.load(builder.bitcast(builder.gep(rr.data, [roff]), ir.IntType(ct).as_pointer()),
+                                            align=1)
+                        lanes = builder.bitcast(word, ir.VectorType(ir.IntType(1), ct))
+                        for k in range(len(totals)):
+                            part = builder.shuffle_vector(lanes, ir.Constant(lanes.type, None), ir.Constant(
+                                ir.VectorType(ir.IntType(32), lw), list(range(lw * k, lw * k + lw))))
+                            builder.store(builder.uitofp(part, vt), rs[k])
+                    with from_bytes:
+                        for k in range(len(totals)):
+                            builder.store(builder.uitofp(vload(rr, roff, k, ir.VectorType(i8, lw), 1), vt), rs[k])
+                r_vecs = [builder.load(r) for r in rs]
+            else:
+                r_vecs = [vload(rr, roff, k) for k in range(len(totals))]
+            terms = [builder.fmul(vload(sc, zero, k), r) for k, r in enumerate(r_vecs)]
             with builder.if_else(flag(IF_SB)) as (with_sb, without_sb):
                 with with_sb:
                     for k, term in enumerate(terms):
@@ -368,7 +384,11 @@ def _make_gather(nv: int):
             gather_py(pk, base, toff, wrow, mask, nw, w, acc, 0)
             x = acc + bi[:ct]
             if flags & IF_RES:
-                term = sc[:ct] * rr[roff:roff + ct].astype(np.float32)
+                if flags & IF_RESBITS:
+                    r = np.unpackbits(rr[roff:roff + ct // 8], bitorder="little").astype(np.float32)
+                else:
+                    r = rr[roff:roff + ct].astype(np.float32)
+                term = sc[:ct] * r
                 x = x + (sb[:ct] + term if flags & IF_SB else term)
             elif flags & IF_SB:
                 x = x + sb[:ct]
@@ -463,6 +483,7 @@ class _Packed(NamedTuple):
     count: int  # spikes in it
     sample: np.ndarray  # flat positions of the output checked before reuse
     values: np.ndarray  # the output's values there when written
+    written: bool = True  # False: the spikes are only in pk (bits_only), the tensor holds garbage
 
 
 # kept bits of live outputs: (data_ptr, shape, dtype) -> _Packed
@@ -476,8 +497,9 @@ def _flat(t: torch.Tensor) -> np.ndarray:
     return (t.view(torch.uint8) if t.dtype == torch.bool else t).numpy().reshape(-1)
 
 
-def _keep(out: torch.Tensor, pk: np.ndarray, count: int) -> None:
-    """Remember ``pk`` (the bits of the spikes just written to ``out``) until ``out`` dies."""
+def _keep(out: torch.Tensor, pk: np.ndarray, count: int, written: bool = True) -> None:
+    """Remember ``pk`` (the bits of the spikes just written to ``out``, or, ``written=False``,
+    of the spikes ``out`` stands for without holding them: see bits_only) until ``out`` dies."""
     if out.is_inference() or out.device.type != "cpu" or not out.is_contiguous():
         return  # inference tensors have no version counter: a later write could not be seen
     key = (out.data_ptr(), tuple(out.shape), out.dtype)
@@ -490,18 +512,74 @@ def _keep(out: torch.Tensor, pk: np.ndarray, count: int) -> None:
                 del _kept[key]
 
     with _kept_lock:
-        _kept[key] = _Packed(weakref.ref(out, drop), out._version, pk, count, sample, flat[sample].copy())
+        _kept[key] = _Packed(weakref.ref(out, drop), out._version, pk, count, sample, flat[sample].copy(), written)
 
 
-def recall(s: torch.Tensor) -> _Packed | None:
+# per thread: whether gather() leaves neuron outputs unwritten, their spikes only kept as bits
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def bits_only():
+    """Within this context (this thread), a spiking conv run by the gather kernel whose output
+    keeps its bits does not write the output tensor: the spikes exist only as the kept bits
+    (``recall``), the tensor's memory is left as allocated (garbage). For a caller that knows
+    every reader of the output is a spiking conv of this backend (sresnet's executor): such a
+    reader takes the bits (padding <= KEEP_PAD), or ``spikekernels.ops.spike_conv.numba``
+    writes the tensor from them first (``materialize``: the dense path, wider padding), and
+    ``spikekernels.count_spikes`` returns the kept count. Anything else reading the tensor
+    would read garbage. Skips the transpose of every step's spikes to ``[Cout, H'W']``.
+    """
+    before = getattr(_local, "bits_only", False)
+    _local.bits_only = True
+    try:
+        yield
+    finally:
+        _local.bits_only = before
+
+
+@numba.njit(parallel=True, cache=True)
+def _unpack(pk, out, H, W, Cb, Wk):
+    """Bits ``pk [T * B, (H + 2 KEEP_PAD) * Wk * Cb + 8]`` -> spikes ``out [T * B, C, H * W]`` (0/1)."""
+    TB, C, _ = out.shape
+    for item in numba.prange(TB):
+        src = pk[item]
+        dst = out[item]
+        for c in range(C):
+            g = c // 8
+            bit = np.uint8(1 << (c % 8))
+            for y in range(H):
+                o = ((y + KEEP_PAD) * Wk + KEEP_PAD) * Cb + g
+                for x in range(W):
+                    dst[c, y * W + x] = 1 if src[o + x * Cb] & bit else 0
+
+
+def materialize(s: torch.Tensor, hit: _Packed | None = None, shape: tuple | None = None) -> None:
+    """Write the spikes of a ``bits_only`` output into its tensor ``s`` (or a reshaped view of
+    it: ``shape``, the output's) from its kept bits; a no-op for a tensor that holds its spikes
+    or has none kept. Afterwards its entry is an ordinary one."""
+    hit = recall(s, shape) if hit is None else hit
+    orig = None if hit is None else hit.ref()
+    if hit is None or hit.written or orig is None:
+        return
+    T, B, C, H, W = orig.shape
+    _unpack(hit.pk.reshape(T * B, -1), _flat(orig).reshape(T * B, C, H * W), H, W, (C + 7) // 8, W + 2 * KEEP_PAD)
+    _keep(orig, hit.pk, hit.count)
+
+
+def recall(s: torch.Tensor, shape: tuple | None = None) -> _Packed | None:
     """The kept bits of ``s`` if ``s`` is (a view with the same shape of) a neuron output this
     module wrote and nothing changed it since: same memory, version counter unchanged (every
     in-place torch op bumps it) and its values at KEEP_SAMPLE positions unchanged (catches most
-    writes that bypass the counter: ``.data``, numpy views)."""
+    writes that bypass the counter: ``.data``, numpy views). ``shape``: the output's shape
+    when ``s`` is a reshaped view of it (contiguous, same first element)."""
     if not _kept or s.device.type != "cpu" or s.is_inference() or not s.is_contiguous():
         return None
+    shape = tuple(s.shape) if shape is None else tuple(shape)
+    if math.prod(shape) != s.numel():
+        return None
     with _kept_lock:
-        hit = _kept.get((s.data_ptr(), tuple(s.shape), s.dtype))
+        hit = _kept.get((s.data_ptr(), shape, s.dtype))
     if hit is None or hit.ref() is None or hit.version != s._version:
         return None
     if not np.array_equal(_flat(s)[hit.sample], hit.values):
@@ -551,7 +629,7 @@ def _pack(s, pk, H, W, Cb, Wp, ph, pw):
 @numba.njit(cache=True, fastmath=False, error_model="numpy")
 def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v, out,
                    out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron, sb,
-                   has_sb, origin, keep, kept, n_kept):
+                   has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept):
     """Conv + IF of work item ``item`` (an image and a channel tile of ``ct = 8 nv``), T loop inside.
 
     ``pk [T, B, bytes]`` bits from ``_pack``; ``toff``/``wrow``/``mask`` per receptive-field
@@ -598,18 +676,21 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
     Ck = (Cout + 7) // 8
     k_bytes = (nc + 7) // 8
     flags = ((IF_RES if has_res else 0) | (IF_SB if has_sb else 0) | (IF_ZERO if reset_zero else 0)
-             | (IF_KEEP if keep else 0))
+             | (IF_KEEP if keep else 0) | (IF_RESBITS if res_bits else 0))
     for t in range(T):
         pt = pk[t, b]
         tr = 0 if const_res else t
         rt = res[tr] if has_res else res[0]
-        if fast_res:
+        if fast_res and not res_bits:
             _residual_in(res_words[tr], rt, rr8, rr8w, ct, nc, P, b * Cout + c0, spread)
+        # a uint8 residual: its bits (res_bits: the kept bits of the residual, same layout as
+        # the output's) or its bytes channels-last
+        rsrc = rkept[t, b] if res_bits else rr8
         if has_sb:
             _step_bias_row(sb[t], c0, nc, ct, Wo, sbr)
         kt = kept[t, b] if keep else kept[0, 0]
         for oy in range(Ho):
-            if has_res and not fast_res:
+            if has_res and not fast_res and not res_bits:
                 for c in range(nc):
                     src = rt[(b * Cout + c0 + c) * P + oy * Wo:(b * Cout + c0 + c) * P + (oy + 1) * Wo]
                     for ox in range(Wo):
@@ -620,9 +701,10 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
                 for ox in range(Wo):
                     base = (oy * sy * Wp + ox * sx) * Cb + origin
                     p = oy * Wo + ox
-                    if fast_res or not has_res:
-                        n_out += _gather_if(nv, pt, base, toff, wrow, mask, nw, wt, vl, p * ct, th, bi, sc, sbr, rr8,
-                                            p * ct, sp, kt, k_row + ox * Ck, k_bytes, flags, vr)
+                    if res_bits or fast_res or not has_res:
+                        n_out += _gather_if(nv, pt, base, toff, wrow, mask, nw, wt, vl, p * ct, th, bi, sc, sbr, rsrc,
+                                            k_row + ox * Ck if res_bits else p * ct, sp, kt, k_row + ox * Ck, k_bytes,
+                                            flags, vr)
                     else:
                         n_out += _gather_if(nv, pt, base, toff, wrow, mask, nw, wt, vl, p * ct, th, bi, sc, sbr, rr,
                                             ox * ct, sp, kt, k_row + ox * Ck, k_bytes, flags, vr)
@@ -635,7 +717,8 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
             else:
                 _current_row(acc, bi, sc, rr, sbr, xr[lo:lo + WC], has_res, has_sb)
         if neuron:
-            _spikes_out(spw, ct, nc, P, out[t, b], out_words[t, b], c0, spread, fast_out)
+            if write_out:
+                _spikes_out(spw, ct, nc, P, out[t, b], out_words[t, b], c0, spread, fast_out)
         else:
             ot = out[t, b]
             for c in range(nc):
@@ -652,7 +735,7 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
 @numba.njit(parallel=True, cache=True)
 def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v, out,
                    out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron, sb,
-                   has_sb, origin, keep, kept, n_kept):
+                   has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept):
     """``_gather_item`` for every (image, channel tile), in parallel.
 
     The item is a function of its own, not the body of the parallel loop. With the body in the
@@ -664,7 +747,7 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
     for item in numba.prange(pk.shape[1] * n_tiles):
         _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v,
                      out, out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron,
-                     sb, has_sb, origin, keep, kept, n_kept)
+                     sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept)
 
 
 def _tables(kh: int, kw: int, Cb: int, Wp: int, ct: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -782,17 +865,22 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     # uint8 residual, whole 8-byte words per channel row: read 8 pixels x 8 channels at a time
     fast_res = res_np.dtype == np.uint8 and (Ho * Wo) % 8 == 0 and res_np.flags.c_contiguous
     res_words = res_np.view(np.uint64) if fast_res else np.zeros((1, 1), np.uint64)
+    # a residual that is a neuron output with kept bits (at every step): read as bits
+    res_kept = None if res is None or not neuron else recall(res, (T, B, Cout, Ho, Wo))
+    rkept = res_kept.pk if res_kept is not None else np.zeros((1, 1, 1), np.uint8)
     # the output's bits, for the layer that reads it next (zeros: the border is padding)
     keep = KEEP and neuron and not out.is_inference()
+    # bits_only: the output tensor is not written (the spikes stay in the kept bits)
+    write = not (keep and out.is_contiguous() and getattr(_local, "bits_only", False))
     bits = np.zeros((T, B, (Ho + 2 * KEEP_PAD) * (Wo + 2 * KEEP_PAD) * -(-Cout // 8) + 8) if keep else (1, 1, 1),
                     np.uint8)
     n_kept = np.zeros(B * n_tiles, np.uint64)
     _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias.numpy(), thr.numpy(),
                    rs.numpy(), v_np, out4, out_words, fast_out, _SPREAD, reset_zero, v_reset, res_np,
                    res is not None, res_words, fast_res, neuron, sb_np, step_bias is not None, origin, keep, bits,
-                   n_kept)
-    if stage is not None:
+                   n_kept, write, res_kept is not None, rkept)
+    if stage is not None and write:
         out.copy_(stage)
     if keep:
-        _keep(out, bits, int(n_kept.sum()))
+        _keep(out, bits, int(n_kept.sum()), write)
     return True

@@ -1,0 +1,199 @@
+"""Spiking-conv outputs kept only as bits (``numba_gather.bits_only``) and residuals read as
+bits, and sresnet's executor, which keeps the outputs that only spiking convs read as bits.
+
+The oracle is always the same computation on ordinary tensors: a producer run outside the
+context (its output holds its spikes) and readers run on a clone of it (no kept bits, packed
+by ``_pack``). Spikes, membranes and counts must be equal bit for bit.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import spikekernels as sk
+from spikekernels.ops.spike_conv import numba_gather
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sresnet"))
+
+
+@pytest.fixture(autouse=True)
+def gather_path(monkeypatch):
+    """Every conv below the density switch takes the gather kernel."""
+    monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", "1.0")
+
+
+def _producer(T, B, Cin, Cout, H, W, bits, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.rand(T, B, Cin, H, W, generator=g) < 0.25).to(torch.uint8)
+    w = torch.randn(Cout, Cin, 3, 3, generator=g) * (4.0 / (Cin * 9)) ** 0.5
+    b = torch.randn(Cout, generator=g) * 0.1
+    if bits:
+        with numba_gather.bits_only():
+            return sk.spike_conv2d(s, w, b, 1, 1, backend="numba", spike_dtype=torch.uint8)
+    return sk.spike_conv2d(s, w, b, 1, 1, backend="numba", spike_dtype=torch.uint8)
+
+
+def _weights(Cout, Cin, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(Cout, Cin, *k, generator=g) * (4.0 / (Cin * k[0] * k[1])) ** 0.5, torch.randn(Cout, generator=g) * 0.1
+
+
+# (T, B, C, H, W) of the producer: one channel tile (16, B=4), several (64, B=1), channels
+# that are not a multiple of 8 (20), a map whose pixels are not a multiple of 8 (5 x 5)
+SHAPES = [(3, 4, 16, 8, 8), (2, 1, 64, 5, 6), (3, 2, 20, 7, 5), (2, 3, 12, 5, 5)]
+IDS = [f"C{s[2]}-B{s[1]}-{s[3]}x{s[4]}" for s in SHAPES]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_bits_only_output_holds_its_spikes_as_bits(shape):
+    T, B, C, H, W = shape
+    ref = _producer(T, B, 5, C, H, W, bits=False)
+    out = _producer(T, B, 5, C, H, W, bits=True)
+    hit = numba_gather.recall(out)
+    assert hit is not None and not hit.written
+    assert sk.count_spikes(out) == int(ref.count_nonzero()) > 0
+    assert torch.equal(torch.as_tensor(hit.pk), torch.as_tensor(numba_gather.recall(ref).pk))
+    numba_gather.materialize(out)
+    assert torch.equal(out, ref), "materialize should write exactly the spikes of an ordinary run"
+    assert numba_gather.recall(out).written
+
+
+READERS = [((3, 3), (1, 1), (1, 1)), ((1, 1), (2, 2), (0, 0)), ((3, 3), (2, 1), (1, 0)), ((5, 5), (1, 1), (2, 2))]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+@pytest.mark.parametrize("reader", READERS, ids=["k3p1", "k1s2p0", "k3s21p10", "k5p2"])
+def test_a_conv_reads_a_bits_only_output(shape, reader):
+    T, B, C, H, W = shape
+    out = _producer(T, B, 5, C, H, W, bits=True)
+    ref = _producer(T, B, 5, C, H, W, bits=False)
+    k, st, pad = reader
+    w, b = _weights(11, C, k, 3)
+    got, v = sk.spike_conv2d(out, w, b, st, pad, backend="numba", return_state=True)
+    want, v_want = sk.spike_conv2d(ref.clone(), w, b, st, pad, backend="numba", return_state=True)
+    assert torch.equal(got, want) and torch.equal(v, v_want)
+    # padding wider than the kept border writes the tensor from the bits first
+    assert numba_gather.recall(out).written == (max(pad) > numba_gather.KEEP_PAD)
+
+
+def test_the_dense_path_writes_a_bits_only_input_first(monkeypatch):
+    out = _producer(3, 2, 5, 16, 6, 6, bits=True)
+    ref = _producer(3, 2, 5, 16, 6, 6, bits=False)
+    w, b = _weights(8, 16, (3, 3), 4)
+    monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", "0.0")
+    got = sk.spike_conv2d(out, w, b, 1, 1, backend="numba")
+    assert numba_gather.recall(out).written
+    assert torch.equal(got, sk.spike_conv2d(ref.clone(), w, b, 1, 1, backend="numba"))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+@pytest.mark.parametrize("bits", [True, False], ids=["bits-only", "written"])
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_a_residual_is_read_from_its_bits(shape, bits, reset):
+    """The second conv of a block: its residual is a neuron output with kept bits (written or
+    not); the kernel reads the residual's bits (IF_RESBITS) instead of its bytes."""
+    T, B, C, H, W = shape
+    x = _producer(T, B, 5, C, H, W, bits=bits)
+    ref = _producer(T, B, 5, C, H, W, bits=False)
+    y = _producer(T, B, 5, C, H, W, bits=False, seed=1)  # the block's first conv output
+    w, b = _weights(C, C, (3, 3), 5)
+    g = torch.Generator().manual_seed(6)
+    scale = torch.rand(C, generator=g) + 0.5
+    sb = torch.randn(T, C, generator=g) * 0.05
+    kw = dict(residual_scale=scale, step_bias=sb, reset=reset, backend="numba", return_state=True)
+    got, v = sk.spike_conv2d(y, w, b, 1, 1, residual=x, **kw)
+    want, v_want = sk.spike_conv2d(y.clone(), w, b, 1, 1, residual=ref.clone(), **kw)
+    assert torch.equal(got, want) and torch.equal(v, v_want)
+    assert 0 < int(got.count_nonzero()) < got.numel()
+
+
+def test_a_current_with_a_bits_only_residual_writes_it_first():
+    x = _producer(2, 2, 5, 16, 6, 6, bits=True)
+    ref = _producer(2, 2, 5, 16, 6, 6, bits=False)
+    y = _producer(2, 2, 5, 16, 6, 6, bits=False, seed=1)
+    w, b = _weights(16, 16, (3, 3), 7)
+    got = sk.spike_conv2d(y, w, b, 1, 1, residual=x, neuron=False, backend="numba")
+    assert numba_gather.recall(x).written
+    assert torch.equal(got, sk.spike_conv2d(y.clone(), w, b, 1, 1, residual=ref.clone(), neuron=False,
+                                            backend="numba"))
+
+
+def test_bits_only_is_per_thread_and_restored():
+    assert not getattr(numba_gather._local, "bits_only", False)
+    with numba_gather.bits_only():
+        assert numba_gather._local.bits_only
+        with numba_gather.bits_only():
+            pass
+        assert numba_gather._local.bits_only
+    assert not numba_gather._local.bits_only
+
+
+@pytest.mark.parametrize("kind", ["tiny_A_functional", "tiny_B_module", "cifarA", "tv_basic"])
+def test_simulation_is_the_same_with_outputs_kept_as_bits(monkeypatch, kind):
+    """A whole spiking ResNet: scores and per-layer spike counts equal whether the outputs
+    that only spiking convs read are kept as bits or written as tensors."""
+    import sresnet
+    import sresnet.executor as ex
+    from _sresnet_nets import make
+
+    g = torch.Generator().manual_seed(5)
+    size = 32 if kind == "tv_basic" else 8
+    snn = sresnet.convert(make(kind), torch.randn(8, 3, size, size, generator=g), horizon=8, calib_subset=8)
+    images = torch.randn(3, 3, size, size, generator=g)
+    runs = []
+    for on in (True, False):
+        monkeypatch.setattr(ex, "BITS_BETWEEN_CONVS", on)
+        with torch.no_grad():
+            scores = snn(images, timesteps=6, backend="numba")
+        runs.append((scores, dict(snn.last_stats["spikes"])))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1] and sum(runs[0][1].values()) > 0
+    conv_read = ex.Executor(snn.network).conv_read
+    assert conv_read, "some layer's spikes should be read only by spiking convs"
+    for i in conv_read:
+        layer = snn.network.layers[i]
+        assert layer.kind == "neuron" and layer.main.kind == "conv"
+
+
+def test_the_executor_keeps_bits_only_between_convs():
+    """Which outputs stay bits in a CIFAR ResNet with option-A shortcuts: the first conv of
+    every block, and block outputs read by the next block's conv and shortcut; not the stem
+    (no conv writes it), not a block output read through a subsampled shortcut or by the
+    readout."""
+    import sresnet
+    from _sresnet_nets import make
+    from sresnet.executor import Executor
+
+    g = torch.Generator().manual_seed(2)
+    snn = sresnet.convert(make("tiny_A_functional"), torch.randn(8, 3, 8, 8, generator=g), horizon=8,
+                          calib_subset=8)
+    net = snn.network
+    conv_read = Executor(net).conv_read
+    # layers: stem 0, block 1 (1, 2), block 2 (3, 4): 2 is read through subsample + chanpad
+    assert [layer.kind for layer in net.layers] == ["stem", "neuron", "neuron", "neuron", "neuron"]
+    assert conv_read == {1, 3}
+    assert Executor(net, train=True).conv_read == {1, 3}  # computed, but simulate() skips it when training
+
+
+def test_an_observer_sees_written_spikes():
+    """With an observer (diagnostics) every output is written: the spikes it sees add up to
+    the counts."""
+    import sresnet
+    from _sresnet_nets import make
+    from sresnet.executor import Executor
+
+    g = torch.Generator().manual_seed(3)
+    snn = sresnet.convert(make("tiny_A_functional"), torch.randn(8, 3, 8, 8, generator=g), horizon=8,
+                          calib_subset=8)
+    seen = {}
+
+    def observer(i, t0, spikes):
+        seen[i] = seen.get(i, 0) + int(spikes.count_nonzero())
+
+    with torch.no_grad():
+        _, stats = Executor(snn.network, "numba").simulate(torch.randn(3, 3, 8, 8, generator=g), 6,
+                                                           observer=observer)
+    names = [layer.name for layer in snn.network.layers]
+    assert {names[i]: n for i, n in seen.items()} == stats["spikes"]
