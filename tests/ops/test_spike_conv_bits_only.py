@@ -197,3 +197,35 @@ def test_an_observer_sees_written_spikes():
                                                            observer=observer)
     names = [layer.name for layer in snn.network.layers]
     assert {names[i]: n for i, n in seen.items()} == stats["spikes"]
+
+
+def _twin_case():
+    g = torch.Generator().manual_seed(0)
+    s = (torch.rand(3, 2, 5, 6, 6, generator=g) < 0.3).to(torch.uint8)
+    w1, w2 = torch.randn(12, 5, 3, 3, generator=g) * 0.4, torch.randn(12, 12, 3, 3, generator=g) * 0.3
+    with numba_gather.bits_only():
+        x = sk.spike_conv2d(s, w1, None, 1, 1, backend="numba")
+    y, v = sk.spike_conv2d(x, w2, None, 1, 1, backend="numba", residual=x, reset="zero", return_state=True)
+    return sk.count_spikes(x), y, v
+
+
+def test_python_twins_without_the_jit(tmp_path):
+    """Under NUMBA_DISABLE_JIT the intrinsics run as their Python twins (coverage runs): a
+    bits-only producer, a conv reading its bits and a block conv reading it as a residual
+    give what the compiled kernels give, bit for bit."""
+    import subprocess
+
+    code = f"""
+import sys, torch
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from test_spike_conv_bits_only import _twin_case
+torch.save(_twin_case(), {str(tmp_path / "twin.pt")!r})
+"""
+    env = dict(__import__("os").environ, NUMBA_DISABLE_JIT="1", SPIKEKERNELS_CONV_DENSE_DENSITY="1.0")
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    count, y, v = torch.load(tmp_path / "twin.pt")
+    want_count, want_y, want_v = _twin_case()
+    assert count == want_count > 0
+    assert torch.equal(y, want_y) and torch.equal(v, want_v) and 0 < int(y.count_nonzero()) < y.numel()

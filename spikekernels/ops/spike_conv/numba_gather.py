@@ -377,31 +377,7 @@ def _make_gather(nv: int):
                 totals = [totals[m] + totals[m + 1] for m in range(0, len(totals), 2)]
             acc[aoff:aoff + ct] = totals[0]
 
-        def gather_if_py(pk, base, toff, wrow, mask, nw, w, vl, voff, th, bi, sc, sb, rr, roff, sp, kept, koff,
-                         nbytes, flags, vr):
-            """Python twin of the neuron intrinsic (NUMBA_DISABLE_JIT runs)."""
-            acc = np.zeros(ct, np.float32)
-            gather_py(pk, base, toff, wrow, mask, nw, w, acc, 0)
-            x = acc + bi[:ct]
-            if flags & IF_RES:
-                if flags & IF_RESBITS:
-                    r = np.unpackbits(rr[roff:roff + ct // 8], bitorder="little").astype(np.float32)
-                else:
-                    r = rr[roff:roff + ct].astype(np.float32)
-                term = sc[:ct] * r
-                x = x + (sb[:ct] + term if flags & IF_SB else term)
-            elif flags & IF_SB:
-                x = x + sb[:ct]
-            vi = vl[voff:voff + ct] + x
-            spk = vi >= th[:ct]
-            vl[voff:voff + ct] = np.where(spk, np.float32(vr), vi) if flags & IF_ZERO else vi - np.where(
-                spk, th[:ct], np.float32(0))
-            sp[voff:voff + ct] = spk
-            if flags & IF_KEEP:
-                kept[koff:koff + nbytes] = np.packbits(spk, bitorder="little")[:nbytes]
-            return np.uint64(spk.sum())
-
-        return gather_py, gather_if_py
+        return gather_py
 
     @intrinsic
     def gather(typingctx, pk, base, toff, wrow, mask, nw, w, acc, aoff):
@@ -414,10 +390,10 @@ def _make_gather(nv: int):
         """
         return types.void(pk, base, toff, wrow, mask, nw, w, acc, aoff), _gather_codegen(nv, unroll, sets, COMPRESS)
 
-    return gather, None  # (the neuron intrinsic: _gather_if, one for every nv)
+    return gather
 
 
-(_gather1, _gather2, _gather4, _gather8), _gather_ifs = zip(*(_make_gather(nv) for nv in VECTORS))
+_gather1, _gather2, _gather4, _gather8 = (_make_gather(nv) for nv in VECTORS)
 
 
 @numba.njit(cache=True, inline="always")
@@ -455,9 +431,30 @@ def _gather_if_codegen(context, builder, sig, args):
 
 
 if numba.config.DISABLE_JIT:
-    def _gather_if(nv, *args):
+    def _gather_if(nv, pk, base, toff, wrow, mask, nw, w, vl, voff, th, bi, sc, sb, rr, roff, sp, kept, koff, nbytes,
+                   flags, vr):
         """Python twin of the intrinsic (NUMBA_DISABLE_JIT runs)."""
-        return _gather_ifs[VECTORS.index(nv)](*args)
+        ct = 8 * nv
+        acc = np.zeros(ct, np.float32)
+        (_gather1, _gather2, _gather4, _gather8)[VECTORS.index(nv)](pk, base, toff, wrow, mask, nw, w, acc, 0)
+        x = acc + bi[:ct]
+        if flags & IF_RES:
+            if flags & IF_RESBITS:
+                r = np.unpackbits(rr[roff:roff + ct // 8], bitorder="little").astype(np.float32)
+            else:
+                r = rr[roff:roff + ct].astype(np.float32)
+            term = sc[:ct] * r
+            x = x + (sb[:ct] + term if flags & IF_SB else term)
+        elif flags & IF_SB:
+            x = x + sb[:ct]
+        vi = vl[voff:voff + ct] + x
+        spk = vi >= th[:ct]
+        vl[voff:voff + ct] = np.where(spk, np.float32(vr), vi) if flags & IF_ZERO else vi - np.where(
+            spk, th[:ct], np.float32(0))
+        sp[voff:voff + ct] = spk
+        if flags & IF_KEEP:
+            kept[koff:koff + nbytes] = np.packbits(spk, bitorder="little")[:nbytes]
+        return np.uint64(spk.sum())
 else:
     @intrinsic
     def _gather_if(typingctx, nv, pk, base, toff, wrow, mask, nw, w, vl, voff, th, bi, sc, sb, rr, roff, sp, kept,
@@ -474,6 +471,8 @@ else:
 KEEP_PAD = 1
 # whether neuron outputs keep their bits at all (off: every conv packs its input itself)
 KEEP = True
+
+
 class _Packed(NamedTuple):
     """A neuron output's spikes as bits, kept for the layer that reads it next."""
 
