@@ -97,9 +97,17 @@ def channel_vector(value, name: str, channels: int | None, device: torch.device,
         vec = torch.tensor([float(value)], dtype=torch.float32, device=device)
     else:
         raise TypeError(f"{name} must be a {kind} or a 1-D tensor [C], got {type(value).__name__}")
+    rule = "finite and > 0" if positive else "finite"
+    if vec.device.type == "cpu":
+        # numpy: a few microseconds where torch's isfinite / compare / any cost tens per call
+        # (every chunked call of a simulation checks its threshold and residual scale)
+        arr = vec.numpy()
+        bad_np = ~np.isfinite(arr) | (arr <= 0) if positive else ~np.isfinite(arr)
+        if bad_np.any():
+            raise ValueError(f"{name} must be {rule}, got {arr[bad_np][:4].tolist()}")
+        return vec.contiguous()
     bad = ~torch.isfinite(vec) | (vec <= 0) if positive else ~torch.isfinite(vec)
     if bool(bad.any()):
-        rule = "finite and > 0" if positive else "finite"
         raise ValueError(f"{name} must be {rule}, got {vec[bad][:4].tolist()}")
     return vec.contiguous()
 
