@@ -424,9 +424,11 @@ def check_agreement(snn, runners: dict, images: torch.Tensor, labels: torch.Tens
         if verbose:
             extra = f", spike-count deviation max {row['spike_dev']:.2e}" if "spike_dev" in row else ""
             flips = ", ".join(f"#{k} (sresnet margin {float(margin[k]):.3g})" for k in flipped[:4])
+            # an ANN's scores are logits, not rates: no score difference to report
+            diff = "n/a (ANN logits)" if name.startswith("ann") else f"{row['max_abs_score_diff']:.3g}"
             print(f"  {name:15s} agrees with sresnet on {row['agree'] * len(pred):.0f}/{len(pred)} images "
                   f"({row['agree_reference_backend'] * len(pred):.0f} with its reference backend), "
-                  f"accuracy {row['accuracy']:.3f}, max |score diff| {row['max_abs_score_diff']:.3g}{extra}"
+                  f"accuracy {row['accuracy']:.3f}, max |score diff| {diff}{extra}"
                   + (f"; differ on {flips}" if flips else ""))
     for name in EXACT_PEERS:
         if name in report:
