@@ -91,20 +91,23 @@ def test_the_dense_path_writes_a_bits_only_input_first(monkeypatch):
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 @pytest.mark.parametrize("bits", [True, False], ids=["bits-only", "written"])
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
-def test_a_residual_is_read_from_its_bits(shape, bits, reset):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_residual_is_read_from_its_bits(shape, bits, reset, stride):
     """The second conv of a block: its residual is a neuron output with kept bits (written or
-    not); the kernel reads the residual's bits (IF_RESBITS) instead of its bytes."""
+    not); the kernel reads the residual's bits (IF_RESBITS) instead of its bytes. With stride
+    2 the conv's input is twice the residual's size."""
     T, B, C, H, W = shape
     x = _producer(T, B, 5, C, H, W, bits=bits)
     ref = _producer(T, B, 5, C, H, W, bits=False)
-    y = _producer(T, B, 5, C, H, W, bits=False, seed=1)  # the block's first conv output
+    # the block's first conv output (the main conv's input)
+    y = _producer(T, B, 5, C, stride * H, stride * W, bits=False, seed=1)
     w, b = _weights(C, C, (3, 3), 5)
     g = torch.Generator().manual_seed(6)
     scale = torch.rand(C, generator=g) + 0.5
     sb = torch.randn(T, C, generator=g) * 0.05
     kw = dict(residual_scale=scale, step_bias=sb, reset=reset, backend="numba", return_state=True)
-    got, v = sk.spike_conv2d(y, w, b, 1, 1, residual=x, **kw)
-    want, v_want = sk.spike_conv2d(y.clone(), w, b, 1, 1, residual=ref.clone(), **kw)
+    got, v = sk.spike_conv2d(y, w, b, stride, 1, residual=x, **kw)
+    want, v_want = sk.spike_conv2d(y.clone(), w, b, stride, 1, residual=ref.clone(), **kw)
     assert torch.equal(got, want) and torch.equal(v, v_want)
     assert 0 < int(got.count_nonzero()) < got.numel()
 
@@ -142,14 +145,15 @@ def test_simulation_is_the_same_with_outputs_kept_as_bits(monkeypatch, kind):
     size = 32 if kind == "tv_basic" else 8
     snn = sresnet.convert(make(kind), torch.randn(8, 3, size, size, generator=g), horizon=8, calib_subset=8)
     images = torch.randn(3, 3, size, size, generator=g)
-    runs = []
-    for on in (True, False):
-        monkeypatch.setattr(ex, "BITS_BETWEEN_CONVS", on)
-        with torch.no_grad():
-            scores = snn(images, timesteps=6, backend="numba")
-        runs.append((scores, dict(snn.last_stats["spikes"])))
-    assert torch.equal(runs[0][0], runs[1][0])
-    assert runs[0][1] == runs[1][1] and sum(runs[0][1].values()) > 0
+    for chunk in (None, 4):  # one chunk of 6 steps, or chunks of 4 and 2 (membranes carried)
+        runs = []
+        for on in (True, False):
+            monkeypatch.setattr(ex, "BITS_BETWEEN_CONVS", on)
+            with torch.no_grad():
+                scores = snn(images, 6, per_step=True, chunk=chunk, backend="numba")
+            runs.append((scores, dict(snn.last_stats["spikes"])))
+        assert torch.equal(runs[0][0], runs[1][0])
+        assert runs[0][1] == runs[1][1] and sum(runs[0][1].values()) > 0
     conv_read = ex.Executor(snn.network).conv_read
     assert conv_read, "some layer's spikes should be read only by spiking convs"
     for i in conv_read:
