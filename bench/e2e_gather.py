@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import spikekernels  # noqa: F401  (first: the OpenMP wait policy every provider runs under)
 import torch
@@ -52,18 +53,12 @@ def main(argv: list[str] | None = None) -> None:
             return snn(images, timesteps=T)
 
     def unkept():
-        numba_gather.KEEP = False
-        try:
+        with mock.patch.object(numba_gather, "KEEP", False):
             return snn(images, timesteps=T)
-        finally:
-            numba_gather.KEEP = True
 
     def tensors():
-        executor.BITS_BETWEEN_CONVS = False
-        try:
+        with mock.patch.object(executor, "BITS_BETWEEN_CONVS", False):
             return snn(images, timesteps=T)
-        finally:
-            executor.BITS_BETWEEN_CONVS = True
 
     def ann_x_t():
         with torch.no_grad():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -38,8 +39,9 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-def check_tensor(x, name: str, *, min_dim: int, dtypes=FLOAT_DTYPES, layout: str = "[T, B, ...]") -> None:
-    """Type, dtype, rank and emptiness of a time-major tensor."""
+def check_tensor(x, name: str, *, min_dim: int, dtypes=FLOAT_DTYPES, layout: str = "[T, B, ...]",
+                 exact_bits_ok: bool = False) -> None:
+    """Type, dtype, rank and emptiness of a time-major tensor; then ``kept_guard``."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(x).__name__}")
     if x.dtype not in dtypes:
@@ -51,6 +53,18 @@ def check_tensor(x, name: str, *, min_dim: int, dtypes=FLOAT_DTYPES, layout: str
         )
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); every dim must be >= 1")
+    kept_guard(x, exact_bits_ok)
+
+
+def kept_guard(x: torch.Tensor, exact_bits_ok: bool = False) -> None:
+    """Before an op reads ``x``: a spiking conv output that holds its spikes only as bits
+    (``numba_gather.bits_only``) and shares memory with ``x`` is written from its bits
+    (``numba_gather.guard``). ``exact_bits_ok``: not when ``x`` is that output itself, for the
+    readers that take its bits (spike_conv2d's input and residual). Nothing to do, and no
+    import, while the Numba conv module is not loaded."""
+    gather = sys.modules.get("spikekernels.ops.spike_conv.numba_gather")
+    if gather is not None:
+        gather.guard(x, exact_bits_ok)
 
 
 def check_reset(reset: str, v_reset: float) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import _checks
+
 
 def count_spikes(s: torch.Tensor) -> int:
     """Number of spikes in a spike tensor: its nonzero entries.
@@ -31,11 +33,14 @@ def count_spikes(s: torch.Tensor) -> int:
     if s.device.type != "cpu":
         return int(torch.count_nonzero(s))
     if s.dim() == 5:
-        from .ops.spike_conv.numba_gather import spike_count
+        from .ops.spike_conv.numba_gather import guard, spike_count
 
         known = spike_count(s)
         if known is not None:
             return known
+        guard(s)  # a view of an output that holds its spikes only as bits: written first
+    else:
+        _checks.kept_guard(s)
     if s.dtype in (torch.bfloat16, torch.float16):
         return int(torch.count_nonzero(s))
     return int(np.count_nonzero(s.numpy()))

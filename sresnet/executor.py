@@ -144,8 +144,8 @@ class Executor:
         self.conv_read = self._conv_read_layers()
 
     def _conv_read_layers(self) -> set:
-        """Layers whose spikes only spiking convs read: a spiking conv layer (conv main term, 0/1
-        spikes) whose every reader is a conv term with no op before it and padding <= 1, or the
+        """Layers whose spikes only spiking convs read: a spiking conv layer or the stem (conv main
+        term, 0/1 spikes) whose every reader is a conv term with no op before it and padding <= 1, or the
         spike shortcut (residual) of a spiking conv layer, with no op either (no max pool, no
         subsampled or padded shortcut, no readout reads it). In an inference run on the CPU
         these layers' outputs stay bits (see :meth:`simulate`)."""
@@ -156,8 +156,10 @@ class Executor:
                 readers.setdefault(layer.source, []).append(None)
                 continue
             for t in layer.terms():
+                # the fused kernel reads a spike shortcut (an IF layer's; burst and signed
+                # layers sum their terms as tensors)
                 shortcut = (t.kind is None and layer.residual_spikes and t is layer.others[0]
-                            and layer.main.kind == "conv" and not t.pre)
+                            and layer.main.kind == "conv" and not t.pre and layer.neuron.kind == "if")
                 readers.setdefault(t.source, []).append("shortcut" if shortcut else t)
         for t in net.output:
             readers.setdefault(t.source, []).append(None)
@@ -168,7 +170,7 @@ class Executor:
             return t is not None and t.kind == "conv" and not t.pre and max(_pair(t.padding)) <= 1
 
         return {i for i, layer in enumerate(net.layers)
-                if layer.kind == "neuron" and layer.main is not None and layer.main.kind == "conv"
+                if layer.kind in ("neuron", "stem") and layer.main is not None and layer.main.kind == "conv"
                 and self.binary[i] and readers.get(i) and all(by_bits(t) for t in readers[i])}
 
     def term(self, term: Term, outs: list, exact: bool = False) -> torch.Tensor:
@@ -257,6 +259,9 @@ class Executor:
             # the bias schedule's rows go in as step_bias: the stem's constant current stays an
             # expand (never materialized per step); same float32 operations as current + rows
             cur = self.layer_current(layer, outs, steps, stem_current)
+            if bits is not None and layer.kind == "stem":
+                with bits():  # (its IF keeps bits when the current is constant in time)
+                    return sk.if_scan(cur, nrn.threshold, v0, nrn.reset, step_bias=rows, **kw)
             return sk.if_scan(cur, nrn.threshold, v0, nrn.reset, step_bias=rows, **kw)
         x = outs[main.source]
         for op in main.pre:

@@ -100,8 +100,16 @@ def if_scan(
     T = x.shape[0]
     v = _checks.initial_membrane(v0, thr, x.shape[1:], x.device)
     out = _checks.new_output(x.shape, spike_dtype, x.device)
-    impl = _dispatch.resolve("if_scan", x.device, IMPLS, backend)
+    name = _dispatch.choose("if_scan", x.device, backend)
     sb = None if step_bias is None else step_bias.detach().to(torch.float32).contiguous()
-    impl(_checks.time_source(x), T, thr, _checks.inner_size(x.shape), v.view(-1), out.view(T, -1), reset_zero,
-         float(v_reset), sb)
+    src = _checks.time_source(x)
+    if name == "numba" and src.shape[0] == 1 and x.dim() == 5:
+        # a current constant in time [T, B, C, H, W] (a converted network's stem): the spikes
+        # are also kept as bits for the spiking convs that read them (spike_conv's numba_gather)
+        from ..spike_conv import numba_gather
+
+        if numba_gather.if_scan_kept(x[:1], thr, v, out, reset_zero, float(v_reset), sb):
+            return (out, v) if return_state else out
+    _dispatch._load(IMPLS[name])(src, T, thr, _checks.inner_size(x.shape), v.view(-1), out.view(T, -1), reset_zero,
+                                 float(v_reset), sb)
     return (out, v) if return_state else out

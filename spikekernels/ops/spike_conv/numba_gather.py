@@ -493,7 +493,24 @@ KEEP_SAMPLE = 64
 
 
 def _flat(t: torch.Tensor) -> np.ndarray:
-    return (t.view(torch.uint8) if t.dtype == torch.bool else t).numpy().reshape(-1)
+    """``t``'s elements as a flat numpy view (bool as uint8, bfloat16's bits as int16)."""
+    if t.dtype == torch.bool:
+        t = t.view(torch.uint8)
+    elif t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return t.numpy().reshape(-1)
+
+
+def _key(t: torch.Tensor, shape: tuple | None = None) -> tuple:
+    """Where a kept entry is filed: address, shape, dtype (bool as uint8: the ops read a bool
+    spike tensor through its uint8 view)."""
+    return (t.data_ptr(), tuple(t.shape) if shape is None else tuple(shape),
+            torch.uint8 if t.dtype == torch.bool else t.dtype)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal bit for bit (a NaN in an unwritten output equals itself)."""
+    return np.array_equal(a.view(np.uint8), b.view(np.uint8))
 
 
 def _keep(out: torch.Tensor, pk: np.ndarray, count: int, written: bool = True) -> None:
@@ -501,7 +518,7 @@ def _keep(out: torch.Tensor, pk: np.ndarray, count: int, written: bool = True) -
     of the spikes ``out`` stands for without holding them: see bits_only) until ``out`` dies."""
     if out.is_inference() or out.device.type != "cpu" or not out.is_contiguous():
         return  # inference tensors have no version counter: a later write could not be seen
-    key = (out.data_ptr(), tuple(out.shape), out.dtype)
+    key = _key(out)
     flat = _flat(out)
     sample = np.linspace(0, flat.shape[0] - 1, min(KEEP_SAMPLE, flat.shape[0])).astype(np.int64)
 
@@ -518,23 +535,51 @@ def _keep(out: torch.Tensor, pk: np.ndarray, count: int, written: bool = True) -
 _local = threading.local()
 
 
+# output dtypes whose readers take the tensor as it is (others are converted to float32
+# first, a new tensor with no bits): only these are left unwritten under bits_only
+BITS_ONLY_DTYPES = (torch.uint8, torch.bool, torch.float32)
+
+
 @contextlib.contextmanager
-def bits_only():
-    """Within this context (this thread), a spiking conv run by the gather kernel whose output
-    keeps its bits does not write the output tensor: the spikes exist only as the kept bits
+def bits_only(on: bool = True):
+    """Within this context (this thread), a spiking conv run by the gather kernel (or the IF
+    of a constant current, ``if_scan_kept``) whose uint8, bool or float32 output keeps its
+    bits does not write the output tensor: the spikes exist only as the kept bits
     (``recall``), the tensor's memory is left as allocated (garbage). For a caller that knows
-    every reader of the output is a spiking conv of this backend (sresnet's executor): such a
-    reader takes the bits (padding <= KEEP_PAD), or ``spikekernels.ops.spike_conv.numba``
-    writes the tensor from them first (``materialize``: the dense path, wider padding), and
-    ``spikekernels.count_spikes`` returns the kept count. Anything else reading the tensor
-    would read garbage. Skips the transpose of every step's spikes to ``[Cout, H'W']``.
+    every reader of the output is a spiking conv of this backend or the residual of one
+    (sresnet's executor): the gather kernel takes the bits (input with padding <= KEEP_PAD,
+    residual of the output's shape); any other read of the tensor or of a view of it writes it
+    from the bits first (``materialize``: the dense path, wider padding, other backends,
+    ``spikekernels.count_spikes`` of a view, and every op's input check through ``guard``).
+    Skips the transpose of every step's spikes to ``[Cout, H'W']``. ``on=False`` turns it
+    off inside (``spike_linear``: its output is a reshaped view, which cannot keep bits).
     """
     before = getattr(_local, "bits_only", False)
-    _local.bits_only = True
+    _local.bits_only = on
     try:
         yield
     finally:
         _local.bits_only = before
+
+
+def guard(t: torch.Tensor, exact_ok: bool = False) -> None:
+    """Write every unwritten (``bits_only``) output that shares memory with ``t`` from its bits,
+    before something reads ``t`` as a tensor. ``exact_ok``: not when ``t`` is that output itself
+    (same memory, shape and dtype), whose reader takes its bits."""
+    if not _kept or not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+        return
+    with _kept_lock:
+        pending = [(k, e) for k, e in _kept.items() if not e.written]
+    if not pending:
+        return
+    storage = t.untyped_storage().data_ptr()
+    # (an expand of a 1-step slice has the output's address and shape, but not its strides)
+    key = _key(t) if exact_ok and t.is_contiguous() else None
+    for k, e in pending:
+        orig = e.ref()
+        if orig is None or orig.untyped_storage().data_ptr() != storage or k == key:
+            continue
+        materialize(orig, e)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -578,10 +623,10 @@ def recall(s: torch.Tensor, shape: tuple | None = None) -> _Packed | None:
     if math.prod(shape) != s.numel():
         return None
     with _kept_lock:
-        hit = _kept.get((s.data_ptr(), shape, s.dtype))
+        hit = _kept.get(_key(s, shape))
     if hit is None or hit.ref() is None or hit.version != s._version:
         return None
-    if not np.array_equal(_flat(s)[hit.sample], hit.values):
+    if not _same_bits(_flat(s)[hit.sample], hit.values):
         return None
     return hit
 
@@ -590,6 +635,106 @@ def spike_count(s: torch.Tensor) -> int | None:
     """Spikes in ``s`` as counted by the kernel that wrote it, or None if not known (see recall)."""
     hit = recall(s)
     return None if hit is None else hit.count
+
+
+# 8 bytes of 0/1 (little-endian uint64) -> their bits in the top byte; -> their sum in the top byte
+_PACK8 = np.uint64(0x0102040810204080)
+_SUM8 = np.uint64(0x0101010101010101)
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _if_kept_kernel(x, T, thr, v, out, out_words, fast_out, write_out, reset_zero, v_reset, sb, has_sb, kept,
+                    n_kept, spread, W):
+    """IF over a current constant in time ``x [B, C, P]`` (``P = H * W``) for ``T`` steps, its
+    spikes kept as bits (``kept [T, B, bytes]``, ``_pack``'s layout with a border of
+    KEEP_PAD) and, with ``write_out``, written to ``out [T, B, C, P]``.
+
+    The float32 operations of ``if_scan._if_scan_kernel`` in its order: ``x_t = x + β_t``
+    (``sb [T, C]``, ``has_sb``), ``v = v + x_t``, ``s = v >= θ``, the reset. One work item per
+    image: the current and the membrane ``v [B * C * P]`` go channels-last once (``[P, ct]``,
+    ``ct`` = C rounded up to 8, the lanes past C never fire), then per step and pixel the IF
+    of its ``ct`` channels and its bytes of bits (8 spike bytes -> one byte of bits by one
+    multiply), then the step's spikes transposed to ``out`` as the gather kernel does.
+    """
+    B, C, P = x.shape
+    Cb = (C + 7) // 8
+    ct = 8 * Cb
+    nv = Cb
+    H = P // W
+    Wk = W + 2 * KEEP_PAD
+    n_thr = thr.shape[0]
+    n_sb = sb.shape[1]
+    vr = np.float32(v_reset)
+    zero = np.float32(0.0)
+    for b in numba.prange(B):
+        xl = np.zeros(P * ct, np.float32)
+        vl = np.zeros(P * ct, np.float32)
+        th = np.ones(ct, np.float32)
+        sbt = np.zeros(ct, np.float32)
+        spw = np.zeros(P * nv, np.uint64)
+        sp = spw.view(np.uint8)
+        for c in range(C):
+            th[c] = thr[c % n_thr]
+            for p in range(P):
+                xl[p * ct + c] = x[b, c, p]
+                vl[p * ct + c] = v[(b * C + c) * P + p]
+        n = np.uint64(0)
+        for t in range(T):
+            if has_sb:
+                for c in range(C):
+                    sbt[c] = sb[t, c % n_sb]
+            kt = kept[t, b]
+            for y in range(H):
+                for xx in range(W):
+                    o = (y * W + xx) * ct
+                    for c in range(ct):
+                        xs = xl[o + c] + sbt[c] if has_sb else xl[o + c]
+                        vi = vl[o + c] + xs
+                        s = vi >= th[c]
+                        sp[o + c] = s
+                        if reset_zero:
+                            vl[o + c] = vr if s else vi
+                        else:
+                            vl[o + c] = vi - (th[c] if s else zero)
+                    k = ((y + KEEP_PAD) * Wk + xx + KEEP_PAD) * Cb
+                    for g in range(Cb):
+                        w8 = spw[(y * W + xx) * nv + g]
+                        kt[k + g] = np.uint8((w8 * _PACK8) >> np.uint64(56))
+                        n += (w8 * _SUM8) >> np.uint64(56)
+            if write_out:
+                _spikes_out(spw, ct, C, P, out[t, b], out_words[t, b], 0, spread, fast_out)
+        for c in range(C):
+            for p in range(P):
+                v[(b * C + c) * P + p] = vl[p * ct + c]
+        n_kept[b] = n
+
+
+def if_scan_kept(x: torch.Tensor, thr: torch.Tensor, v: torch.Tensor, out: torch.Tensor, reset_zero: bool,
+                 v_reset: float, step_bias: torch.Tensor | None) -> bool:
+    """``if_scan`` of a current constant in time ``x [1, B, C, H, W]`` (float32) into the spikes
+    ``out [T, B, C, H, W]`` and the membrane ``v`` (float32, ``B * C * H * W``, updated), the
+    spikes also kept as bits for the convs that read them (as ``gather`` keeps its outputs;
+    under ``bits_only`` the tensor is not written). False (nothing done) when ``out`` cannot
+    keep bits (KEEP off, inference mode, not contiguous or not 5-D); the caller then runs
+    the plain kernel. A converted network's stem: its spikes feed a conv and a shortcut.
+    """
+    if not KEEP or out.dim() != 5 or x.dim() != 5 or x.shape[0] != 1 or out.is_inference() or not out.is_contiguous():
+        return False
+    T, B, C, H, W = out.shape
+    buf, stage = spike_buffer(out)
+    out4 = buf.reshape(T, B, C, H * W)
+    fast_out, out_words = spikes_out_views(out4, True, H * W)
+    write = stage is not None or out.dtype not in BITS_ONLY_DTYPES or not getattr(_local, "bits_only", False)
+    bits = np.zeros((T, B, (H + 2 * KEEP_PAD) * (W + 2 * KEEP_PAD) * -(-C // 8) + 8), np.uint8)
+    n_kept = np.zeros(B, np.uint64)
+    sb = np.zeros((1, 1), np.float32) if step_bias is None else step_bias.numpy()
+    xs = x.detach().to(torch.float32).contiguous().numpy().reshape(B, C, H * W)
+    _if_kept_kernel(xs, T, thr.numpy(), v.numpy().reshape(-1), out4, out_words, fast_out, write, reset_zero,
+                    v_reset, sb, step_bias is not None, bits, n_kept, _SPREAD, W)
+    if stage is not None:
+        out.copy_(stage)
+    _keep(out, bits, int(n_kept.sum()), write)
+    return True
 
 
 @numba.njit(parallel=True, cache=True)
@@ -870,7 +1015,7 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     # the output's bits, for the layer that reads it next (zeros: the border is padding)
     keep = KEEP and neuron and not out.is_inference()
     # bits_only: the output tensor is not written (the spikes stay in the kept bits)
-    write = not (keep and out.is_contiguous() and getattr(_local, "bits_only", False))
+    write = not (keep and out.is_contiguous() and out.dtype in BITS_ONLY_DTYPES and getattr(_local, "bits_only", False))
     bits = np.zeros((T, B, (Ho + 2 * KEEP_PAD) * (Wo + 2 * KEEP_PAD) * -(-Cout // 8) + 8) if keep else (1, 1, 1),
                     np.uint8)
     n_kept = np.zeros(B * n_tiles, np.uint64)

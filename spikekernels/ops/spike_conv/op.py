@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 
 import torch
 
@@ -50,7 +52,7 @@ def _time_steps(s: torch.Tensor, timesteps) -> tuple[int, bool]:
 def _residual(residual, out_shape, device) -> torch.Tensor | None:
     if residual is None:
         return None
-    _checks.check_tensor(residual, "residual", min_dim=len(out_shape), dtypes=RESIDUAL_DTYPES)
+    _checks.check_tensor(residual, "residual", min_dim=len(out_shape), dtypes=RESIDUAL_DTYPES, exact_bits_ok=True)
     _checks.same_device("residual", residual, "input", torch.empty(0, device=device))
     T = out_shape[0]
     if tuple(residual.shape[1:]) != tuple(out_shape[1:]) or residual.shape[0] not in (1, T):
@@ -98,6 +100,11 @@ def _spiking(s, weight4, bias, stride, padding, out_hw, threshold, v0, reset, re
     v = _checks.initial_membrane(v0, thr, out_shape[1:], device) if neuron else None
     name = _dispatch.choose(op_name, device, backend)
     impl = _dispatch._load(IMPLS[name])
+    if name != "numba" or constant:
+        # only the Numba gather kernel reads kept bits: a bits-only input or residual is written
+        _checks.kept_guard(s)
+        if res is not None:
+            _checks.kept_guard(res)
     if s.dtype == torch.bool:
         s = s.view(torch.uint8)
     elif s.dtype not in (torch.uint8, torch.float32):
@@ -212,7 +219,7 @@ def spike_conv2d(
         >>> w = torch.randn(16, 16, 3, 3) * 0.1
         >>> out = spike_conv2d(s, w, padding=1)          # [8, 2, 16, 32, 32] uint8
     """
-    _checks.check_tensor(s, "s", min_dim=5, dtypes=INPUT_DTYPES, layout="[T, B, Cin, H, W]")
+    _checks.check_tensor(s, "s", min_dim=5, dtypes=INPUT_DTYPES, layout="[T, B, Cin, H, W]", exact_bits_ok=True)
     if s.dim() != 5:
         raise ValueError(f"s has shape {tuple(s.shape)}; expected 5 dims [T, B, Cin, H, W]")
     _check_weight(weight, 4, "[Cout, Cin, kh, kw]", s, s.shape[2])
@@ -295,9 +302,12 @@ def spike_linear(
             raise ValueError(
                 f"v0 has shape {tuple(v0.shape)}, not broadcastable to the state shape {(s.shape[1], Fout)}"
             ) from None
-    result = _spiking(s[..., None, None], weight[..., None, None], bias, (1, 1), (0, 0), (1, 1), threshold,
-                      v0, reset, return_state, neuron, residual, residual_scale, timesteps, v_reset,
-                      spike_dtype, backend, "spike_linear", surrogate, detach_reset, step_bias)
+    # the output is a reshaped view of the kernel's: it cannot keep bits, so it is always written
+    gather = sys.modules.get("spikekernels.ops.spike_conv.numba_gather")
+    with gather.bits_only(False) if gather is not None else contextlib.nullcontext():
+        result = _spiking(s[..., None, None], weight[..., None, None], bias, (1, 1), (0, 0), (1, 1), threshold,
+                          v0, reset, return_state, neuron, residual, residual_scale, timesteps, v_reset,
+                          spike_dtype, backend, "spike_linear", surrogate, detach_reset, step_bias)
     if return_state:
         return result[0].flatten(2), result[1].flatten(1)
     return result.flatten(2)
