@@ -379,3 +379,18 @@ def test_a_burst_layer_reading_a_spike_shortcut_gets_a_tensor():
             with torch.no_grad():
                 runs.append((snn(images, 4, backend="numba"), dict(snn.last_stats["spikes"])))
     assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
+
+
+def test_the_scatter_kernel_writes_a_bits_only_input_first(monkeypatch):
+    """With the gather kernel switched off (bench/conv_shapes.scatter_only) a bits-only input
+    and residual reach the scatter kernel, which reads tensors: they are written first."""
+    x = _producer_dtype(torch.uint8, bits=True)
+    ref = _producer_dtype(torch.uint8, bits=False)
+    w, b = _weights(12, 12, (3, 3), 17)
+    want = sk.spike_conv2d(ref.clone(), w, b, 1, 1, residual=ref.clone(), backend="numba")
+    monkeypatch.setattr(numba_gather, "gather", lambda *a: False)
+    got = sk.spike_conv2d(x, w, b, 1, 1, residual=x, backend="numba")
+    assert numba_gather.recall(x).written
+    scatter = sk.spike_conv2d(ref.clone(), w, b, 1, 1, residual=ref.clone(), backend="numba")
+    assert torch.equal(got, scatter)
+    assert (got != want).float().mean() < 0.02  # the two kernels sum in different orders

@@ -420,6 +420,11 @@ def spike_conv2d(s, weight, bias, stride, padding, thr, v, out, reset_zero: bool
     elif not numba_gather.gather(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual,
                                  res_scale, neuron, step_bias, kept):
         # not 0/1 (an analog input): the scatter kernel multiplies each weight by the input
+        # (and reads tensors: a bits-only input or residual is written first; an input with
+        # kept bits gets here only when the gather kernel is switched off, as by
+        # bench/conv_shapes.scatter_only)
+        if kept is not None:
+            numba_gather.materialize(s, kept)
         if residual is not None:
             numba_gather.materialize(residual, shape=tuple(out.shape))
         _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, residual, res_scale, neuron,
