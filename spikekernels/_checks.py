@@ -63,7 +63,7 @@ def kept_guard(x: torch.Tensor, exact_bits_ok: bool = False) -> None:
     readers that take its bits (spike_conv2d's input and residual). Nothing to do, and no
     import, while the Numba conv module is not loaded."""
     gather = sys.modules.get("spikekernels.ops.spike_conv.numba_gather")
-    if gather is not None:
+    if gather is not None and not torch.compiler.is_compiling():
         gather.guard(x, exact_bits_ok)
 
 
@@ -112,9 +112,10 @@ def channel_vector(value, name: str, channels: int | None, device: torch.device,
     else:
         raise TypeError(f"{name} must be a {kind} or a 1-D tensor [C], got {type(value).__name__}")
     rule = "finite and > 0" if positive else "finite"
-    if vec.device.type == "cpu":
+    if vec.device.type == "cpu" and not torch.compiler.is_compiling():
         # numpy: a few microseconds where torch's isfinite / compare / any cost tens per call
-        # (every chunked call of a simulation checks its threshold and residual scale)
+        # (every chunked call of a simulation checks its threshold and residual scale; not
+        # while torch.compile traces, which takes the torch checks below)
         arr = vec.numpy()
         bad_np = ~np.isfinite(arr) | (arr <= 0) if positive else ~np.isfinite(arr)
         if bad_np.any():

@@ -35,8 +35,12 @@ input spike's weights into a current buffer in memory). Here each output pixel g
    (``neuron=False``, the current is the output) ``_gather_sum`` stores the sums and a row
    pass adds the bias and the residual.
 4. The kept bits stay beside the output tensor until it dies (``_keep``); a later call on
-   that tensor reads them instead of packing it (``recall``), and ``spikekernels.count_spikes``
-   reads their count.
+   that tensor reads them instead of packing it (``recall``), a residual of the output's
+   shape is read from them (``IF_RESBITS``), and ``spikekernels.count_spikes`` reads their
+   count. Under ``bits_only()`` the output tensor is not written at all (sresnet's executor,
+   for outputs only spiking convs read); any other reader writes it first (``materialize``,
+   ``guard``). ``if_scan_kept``: the IF of a constant current (a network's stem) keeps its
+   spikes' bits the same way.
 
 Work per output neuron-step: one word per 64 receptive-field inputs plus ``ct / 8`` vector
 adds per active input (their count rounded up to ``unroll``); no current buffer is written
