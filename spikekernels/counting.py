@@ -33,14 +33,12 @@ def count_spikes(s: torch.Tensor) -> int:
     if s.device.type != "cpu":
         return int(torch.count_nonzero(s))
     if s.dim() == 5:
-        from .ops.spike_conv.numba_gather import guard, spike_count
+        from .ops.spike_conv.numba_gather import spike_count
 
         known = spike_count(s)
         if known is not None:
             return known
-        guard(s)  # a view of an output that holds its spikes only as bits: written first
-    else:
-        _checks.kept_guard(s)
+    _checks.kept_guard(s)  # a view of an output that holds its spikes only as bits: written first
     if s.dtype in (torch.bfloat16, torch.float16):
         return int(torch.count_nonzero(s))
     return int(np.count_nonzero(s.numpy()))

@@ -19,11 +19,14 @@ the same description runs on any backend, in chunks of any size, with the same r
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
 import spikekernels as sk
 
+from .metrics import _pair
 from .network import Layer, Network, Term
 
 # whether outputs read only by spiking convs stay bits in an inference run on the CPU
@@ -57,10 +60,6 @@ def apply_op(op: tuple, x: torch.Tensor, backend=None) -> torch.Tensor:
         y = F.max_pool2d(x.flatten(0, 1), op[1], op[2], op[3])
         return y.reshape(x.shape[0], x.shape[1], *y.shape[1:])
     raise ValueError(f"unknown op {kind!r} in a network description")
-
-
-def _pair(v) -> tuple:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def count_spikes(s: torch.Tensor, binary: bool = True):
@@ -235,6 +234,7 @@ class Executor:
         """
         layer = self.net.layers[i]
         be = self.backend
+        keep_bits = bits() if bits is not None else contextlib.nullcontext()
         if layer.kind == "maxpool":
             p = layer.pool
             s = outs[layer.source]
@@ -259,10 +259,8 @@ class Executor:
             # the bias schedule's rows go in as step_bias: the stem's constant current stays an
             # expand (never materialized per step); same float32 operations as current + rows
             cur = self.layer_current(layer, outs, steps, stem_current)
-            if bits is not None and layer.kind == "stem":
-                with bits():  # (its IF keeps bits when the current is constant in time)
-                    return sk.if_scan(cur, nrn.threshold, v0, nrn.reset, step_bias=rows, **kw)
-            return sk.if_scan(cur, nrn.threshold, v0, nrn.reset, step_bias=rows, **kw)
+            with keep_bits:  # (the stem's IF keeps bits: its current is constant in time)
+                return sk.if_scan(cur, nrn.threshold, v0, nrn.reset, step_bias=rows, **kw)
         x = outs[main.source]
         for op in main.pre:
             x = apply_op(op, x, be)
@@ -281,10 +279,8 @@ class Executor:
         kw.update(threshold=nrn.threshold, v0=v0, reset=nrn.reset, residual=residual, residual_scale=rscale,
                   step_bias=rows)
         if main.kind == "conv":
-            if bits is not None:
-                with bits():
-                    return sk.spike_conv2d(x, main.weight, main.bias, main.stride, main.padding, **kw)
-            return sk.spike_conv2d(x, main.weight, main.bias, main.stride, main.padding, **kw)
+            with keep_bits:
+                return sk.spike_conv2d(x, main.weight, main.bias, main.stride, main.padding, **kw)
         return sk.spike_linear(x, main.weight, main.bias, **kw)
 
     def layer_current(self, layer: Layer, outs: list, steps: int, stem_current=None, rows=None) -> torch.Tensor:

@@ -36,8 +36,8 @@ from numba.extending import intrinsic
 from ... import _config
 from ..if_scan.numba import spike_buffer
 from . import numba_gather
-from .numba_rows import (_SPREAD, _current_row, _if_row, _residual_in, _spikes_out, _step_bias_row, _tile_setup,
-                         spikes_out_views)
+from .numba_rows import (_SPREAD, _current_row, _if_row, _membrane_out, _residual_in, _spikes_out, _step_bias_row,
+                         _tile_setup, spikes_out_views)
 from .reference import step_convs
 
 # bytes of the largest temporary (float input chunk or current chunk) of the dense path: well
@@ -233,10 +233,7 @@ def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res,
                 for p in range(P):
                     orow[p] = xr[p * ct + c]
         if neuron:
-            for c in range(nc):
-                base = (b * Cout + c0 + c) * P
-                for p in range(P):
-                    v[base + p] = vl[p * ct + c]
+            _membrane_out(vl, v, b, Cout, c0, nc, ct, P)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)

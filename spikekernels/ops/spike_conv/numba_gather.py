@@ -20,8 +20,8 @@ input spike's weights into a current buffer in memory). Here each output pixel g
    sets of sums added pairwise at the end (``WALK``). The list leaves one exit of the add
    loop (the branch a predictor misses) per pixel instead of one per word, the unrolling
    makes the trips ``1 / unroll`` as many and the sets make the chains of dependent adds
-   ``1 / sets`` as long. Only the sum goes to memory, once. Padding and skipped channels are
-   zero bits, so there are no bounds checks.
+   ``1 / sets`` as long. At most the sum goes to memory, once (with the neuron not even that:
+   3.). Padding and skipped channels are zero bits, so there are no bounds checks.
 3. With the neuron, the sums of a pixel never go to memory: ``_gather_if`` runs the IF update
    on them while they are in registers (``_if_tail``: the float32 operations of ``if_scan``
    in its order, ``x = (sum + b) + (β_t + α·r)``, ``v = v + x``, ``s = v >= θ``, the reset;
@@ -68,8 +68,8 @@ from numba.core.typing import signature
 from numba.extending import intrinsic
 
 from ..if_scan.numba import spike_buffer
-from .numba_rows import (_SPREAD, _current_row, _residual_in, _spikes_out, _step_bias_row, _tile_setup,
-                         spikes_out_views)
+from .numba_rows import (_SPREAD, _current_row, _membrane_in, _membrane_out, _residual_in, _spikes_out,
+                         _step_bias_row, _tile_setup, spikes_out_views)
 
 # accumulator width per output pixel in units of 8 float32 (ct = 8 * nv channels per tile); in
 # the generated code an even nv is nv / 2 vectors of 16 lanes (one zmm each with AVX-512,
@@ -677,11 +677,10 @@ def _if_kept_kernel(x, T, thr, v, out, out_words, fast_out, write_out, reset_zer
         sbt = np.zeros(ct, np.float32)
         spw = np.zeros(P * nv, np.uint64)
         sp = spw.view(np.uint8)
+        _membrane_in(x.reshape(-1), xl, b, C, 0, C, ct, P)
+        _membrane_in(v, vl, b, C, 0, C, ct, P)
         for c in range(C):
             th[c] = thr[c % n_thr]
-            for p in range(P):
-                xl[p * ct + c] = x[b, c, p]
-                vl[p * ct + c] = v[(b * C + c) * P + p]
         n = np.uint64(0)
         for t in range(T):
             if has_sb:
@@ -707,9 +706,7 @@ def _if_kept_kernel(x, T, thr, v, out, out_words, fast_out, write_out, reset_zer
                         n += (w8 * _SUM8) >> np.uint64(56)
             if write_out:
                 _spikes_out(spw, ct, C, P, out[t, b], out_words[t, b], 0, spread, fast_out)
-        for c in range(C):
-            for p in range(P):
-                v[(b * C + c) * P + p] = vl[p * ct + c]
+        _membrane_out(vl, v, b, C, 0, C, ct, P)
         n_kept[b] = n
 
 
@@ -873,10 +870,7 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
                 for p in range(P):
                     ot[c0 + c, p] = xr[p * ct + c]
     if neuron:
-        for c in range(nc):
-            base = (b * Cout + c0 + c) * P
-            for p in range(P):
-                v[base + p] = vl[p * ct + c]
+        _membrane_out(vl, v, b, Cout, c0, nc, ct, P)
     n_kept[item] = n_out
 
 

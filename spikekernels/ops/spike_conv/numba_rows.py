@@ -51,10 +51,26 @@ def _tile_setup(thr, rs, bias, v, vl, b, Cout, c0, nc, ct, Wo, P, th, sc, bi, ne
             sc[ox * ct + c] = rs[(c0 + c) % n_rs]
             bi[ox * ct + c] = bias[c0 + c]
     if neuron:
-        for c in range(nc):
-            base = (b * Cout + c0 + c) * P
-            for p in range(P):
-                vl[p * ct + c] = v[base + p]
+        _membrane_in(v, vl, b, Cout, c0, nc, ct, P)
+
+
+@numba.njit(cache=True, inline="always")
+def _membrane_in(v, vl, b, Cout, c0, nc, ct, P):
+    """Channels ``c0 .. c0+nc`` of image ``b``'s membrane ``v [B * Cout * P]`` to channels-last
+    ``vl [P * ct]``."""
+    for c in range(nc):
+        base = (b * Cout + c0 + c) * P
+        for p in range(P):
+            vl[p * ct + c] = v[base + p]
+
+
+@numba.njit(cache=True, inline="always")
+def _membrane_out(vl, v, b, Cout, c0, nc, ct, P):
+    """``_membrane_in`` backwards: channels-last ``vl [P * ct]`` to ``v [B * Cout * P]``."""
+    for c in range(nc):
+        base = (b * Cout + c0 + c) * P
+        for p in range(P):
+            v[base + p] = vl[p * ct + c]
 
 
 @numba.njit(cache=True, fastmath=False, inline="always")
