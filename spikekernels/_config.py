@@ -3,7 +3,7 @@
 | variable | values | default | effect |
 |---|---|---|---|
 | SPIKEKERNELS_BACKEND | auto, reference, numba, triton | auto | which kernels the ops run; auto sends CUDA tensors to Triton and CPU tensors to Numba |
-| SPIKEKERNELS_CONV_DENSE_DENSITY | float in [0, 1] | 0.4 | input spike density above which the Numba spiking conv/linear switches from the event-driven kernel to the dense path (crossover measured on ResNet-20 layer shapes, see bench/RESULTS.md) |
+| SPIKEKERNELS_CONV_DENSE_DENSITY | float in [0, 1] | 0.4 | input spike density above which the Numba spiking conv/linear switches from the event-driven kernel to the dense path (crossover measured on ResNet-20 layer shapes, see bench/RESULTS.md); decided per call, unless a ``conv_path`` context pins the path (sresnet's executor does) |
 | SPIKEKERNELS_OUTPUT_POOL_MB | number >= 0 | 256 | MiB of released large CPU op outputs kept for reuse (``_memory``: outputs of 16 MiB and more come from reused huge-page mappings, no page faults); 0 turns the pool off |
 | TRITON_INTERPRET | 0, 1 | 0 | Triton's own switch; with 1, Triton kernels run on CPU tensors (tests) |
 

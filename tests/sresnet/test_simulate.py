@@ -138,3 +138,24 @@ def test_module_to_moves_weights():
     snn.to(torch.float32)  # every weight goes through Module._apply
     assert snn.layers[0].main.weight.dtype == torch.float32
     assert torch.equal(snn(x, timesteps=6), before)
+
+
+@pytest.mark.parametrize("kind,hw,density", [("cifarA", 16, "0.1"), ("cifarA", 16, "0.2"), ("cifarA", 16, "0.4"),
+                                              ("tv_bottleneck", 16, "0.2")])
+def test_results_depend_on_neither_chunk_nor_batch(kind, hw, density, monkeypatch):
+    # the ops' per-call density switch (event-driven kernel vs dense conv, which add in
+    # different orders) would choose per chunk and per batch; the executor pins the path, so
+    # the switch's setting (thresholds the layers' densities straddle) changes nothing
+    model = make(kind)
+    x = _images(8, hw, seed=3)
+    snn = sresnet.convert(model, _images(16, hw, seed=2), compensation=None)
+    monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", "1")
+    full, stats = snn(x, timesteps=48, per_step=True, chunk=48, return_stats=True)
+    monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", density)
+    for chunk in (48, 3, 5):
+        part, part_stats = snn(x, timesteps=48, per_step=True, chunk=chunk, return_stats=True)
+        assert torch.equal(part, full), chunk
+        assert part_stats == stats, chunk
+    # an image's scores do not depend on the other images of its batch
+    for lo, hi in ((0, 1), (2, 5)):
+        assert torch.equal(snn(x[lo:hi], timesteps=48, per_step=True, chunk=7), full[:, lo:hi]), (lo, hi)

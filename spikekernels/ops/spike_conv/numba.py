@@ -20,11 +20,19 @@ Dense path (``_dense``): above SPIKEKERNELS_CONV_DENSE_DENSITY input density, to
 runs on chunks of a few steps (no temporary over 32 MiB, so none is a fresh mmap) and
 ``_if_epilogue`` adds the per-step bias and the residual and runs the neuron.
 
+The density switch is decided per call, from the call's own input: the two paths add in
+different orders, so a neuron near its threshold can flip between them, and a call's path
+(hence its rounding) can depend on which steps and images it holds. ``conv_path`` pins the
+path for a whole run instead (sresnet's executor does: results then depend on neither the
+chunk nor the batch).
+
 Every path adds the per-step bias ``step_bias [T, Cout]`` in the reference's order,
 ``x = (conv + b) + (β_t + α·r)``, where it adds the residual: no extra pass.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numba
 import numpy as np
@@ -398,12 +406,52 @@ def _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, r
         out.copy_(stage)
 
 
+_pin = threading.local()
+CONV_PATHS = ("event", "dense")
+
+
+class conv_path:
+    """Within this context (this thread), the Numba spiking conv / linear takes ``path``
+    whatever its input's density: "event" (the event-driven kernels: gather for 0/1 inputs,
+    scatter for other values) or "dense" (torch's conv per step, then the neuron); None
+    restores the per-call density switch (SPIKEKERNELS_CONV_DENSE_DENSITY).
+
+    A per-call switch makes a neuron near its threshold depend on the call's steps and images
+    (the paths add in different orders); a pinned path does not. Contexts nest; the
+    innermost wins. ValueError for another ``path``.
+    """
+
+    __slots__ = ("path", "prev")
+
+    def __init__(self, path: str | None):
+        if path is not None and path not in CONV_PATHS:
+            raise ValueError(f"conv_path: path={path!r}; accepted: {', '.join(CONV_PATHS)} or None")
+        self.path = path
+
+    def __enter__(self):
+        self.prev = getattr(_pin, "path", None)
+        _pin.path = self.path
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _pin.path = self.prev
+
+
+def pinned_path() -> str | None:
+    """This thread's pinned path (see :class:`conv_path`), None when the density decides."""
+    return getattr(_pin, "path", None)
+
+
 def spike_conv2d(s, weight, bias, stride, padding, thr, v, out, reset_zero: bool, v_reset: float,
                  residual, res_scale, neuron: bool, step_bias=None) -> None:
     # a neuron output of the gather kernel: its kept bits and exact spike count
     kept = numba_gather.recall(s)
-    density = kept.count / s.numel() if kept is not None else estimate_density(s)
-    dense = density > _config.conv_dense_density()
+    path = getattr(_pin, "path", None)
+    if path is None:
+        density = kept.count / s.numel() if kept is not None else estimate_density(s)
+        dense = density > _config.conv_dense_density()
+    else:
+        dense = path == "dense"
     if kept is not None and not kept.written and (dense or max(padding) > numba_gather.KEEP_PAD):
         # a bits_only output read other than from its bits: its tensor is written first
         numba_gather.materialize(s, kept)
