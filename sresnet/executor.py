@@ -11,7 +11,9 @@ spiking convs read (their input, or the spike shortcut of a block's second conv:
 ``Executor.conv_read``) keeps them as bits only: the Numba gather kernel writes the bits the
 next conv reads and counts the spikes, and no ``[T, B, C, H, W]`` tensor is written
 (``spikekernels.ops.spike_conv.numba_gather.bits_only``). Results are bit-identical;
-``BITS_BETWEEN_CONVS = False`` writes every output.
+``BITS_BETWEEN_CONVS = False`` writes every output. Each layer's state (membrane, pool
+counts) is given to the next chunk's op to update in place (``spikekernels._checks.donate``:
+no copy and no finiteness pass per chunk).
 
 The executor holds no parameters: everything it computes comes from the description, so
 the same description runs on any backend, in chunks of any size, with the same result. On
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import spikekernels as sk
+from spikekernels import _checks
 
 from .metrics import _pair
 from .network import Layer, Network, Term
@@ -241,15 +244,24 @@ class Executor:
                 out[i] = c
         return out
 
-    def run_layer(self, i: int, outs: list, steps: int, state, stem_current=None, t0: int = 0, bits=None):
+    def run_layer(self, i: int, outs: list, steps: int, state, stem_current=None, t0: int = 0, bits=None,
+                  donate: bool = False):
         """Run layer ``i`` for ``steps`` steps (global steps ``t0 ..``) on the outputs ``outs`` of earlier layers.
 
         Returns ``(spikes [steps, B, ...] uint8, state)``; ``state`` None means the start
         (the neuron's v0; zero counts for a max pool). ``bits``: a context in which the
         layer's spiking conv keeps its spikes as bits only (numba_gather.bits_only; only for
         a layer in ``conv_read``): the returned tensor is then valid only as the input of
-        another spiking conv and for ``spikekernels.count_spikes``.
+        another spiking conv and for ``spikekernels.count_spikes``. ``donate``: the caller
+        drops ``state`` after this call, so the op may update it in place and return it
+        (``spikekernels._checks.donate``: no copy, no finiteness pass per chunk).
         """
+        if donate and state is not None and not self.train:
+            with _checks.donate(state):
+                return self._run_layer(i, outs, steps, state, stem_current, t0, bits)
+        return self._run_layer(i, outs, steps, state, stem_current, t0, bits)
+
+    def _run_layer(self, i: int, outs: list, steps: int, state, stem_current, t0: int, bits):
         layer = self.net.layers[i]
         be = self.backend
         keep_bits = bits() if bits is not None else contextlib.nullcontext()
@@ -353,7 +365,7 @@ class Executor:
             outs: list = [None] * n
             for i in range(n):
                 bits = bits_only if i in self.conv_read else None
-                outs[i], states[i] = self.run_layer(i, outs, steps, states[i], stems.get(i), t0, bits)
+                outs[i], states[i] = self.run_layer(i, outs, steps, states[i], stems.get(i), t0, bits, donate=True)
                 counts[i] += count_spikes(outs[i], self.binary[i])
                 if t0 == 0:
                     neurons[i] = outs[i][0, 0].numel()

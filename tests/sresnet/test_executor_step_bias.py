@@ -25,10 +25,11 @@ def _conv_out(n, k, s, p):
     return (n + 2 * p - k) // s + 1
 
 
-def folded_run_layer(self, i, outs, steps, state, stem_current=None, t0=0, bits=None):
+def folded_run_layer(self, i, outs, steps, state, stem_current=None, t0=0, bits=None, donate=False):
     """``Executor.run_layer`` as it was before step_bias: the schedule's rows are added to a
     float residual ``[steps, B, C, ...]`` (spike shortcuts included) passed with scale 1.
-    Every output is written (``bits`` ignored): this oracle reads shortcuts as tensors."""
+    Every output is written (``bits`` ignored): this oracle reads shortcuts as tensors; the
+    ops copy every state (``donate`` ignored)."""
     layer = self.net.layers[i]
     nrn = layer.neuron
     rows = None if layer.kind == "maxpool" else nrn.bias_rows(t0, steps)

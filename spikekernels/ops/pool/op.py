@@ -169,11 +169,14 @@ def spike_max_pool2d(
         if tuple(count.shape) != (B, C, H, W):
             raise ValueError(f"count has shape {tuple(count.shape)}; expected {(B, C, H, W)} (s.shape[1:])")
         _checks.same_device("count", count, "s", s)
-        cnt = count.detach().to(torch.float32).contiguous()
-        if cnt.data_ptr() == count.data_ptr():
-            cnt = cnt.clone()
-        if not torch.compiler.is_compiling() and not _checks.all_finite(cnt):
-            raise ValueError("count contains NaN or Inf")
+        if _checks.donated(count, (B, C, H, W), s.device):
+            cnt = count  # given away by the caller (_checks.donate): updated in place
+        else:
+            cnt = count.detach().to(torch.float32).contiguous()
+            if cnt.data_ptr() == count.data_ptr():
+                cnt = cnt.clone()
+            if not torch.compiler.is_compiling() and not _checks.all_finite(cnt):
+                raise ValueError("count contains NaN or Inf")
     if needed(s):
         out, cnt = train.max_pool(s, cnt, geom, ho, wo)
         return (out, cnt) if return_state else out

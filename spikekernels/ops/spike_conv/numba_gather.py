@@ -51,6 +51,7 @@ cannot be bits: ``spike_conv2d`` falls back to the scatter kernel for them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 import weakref
@@ -517,6 +518,14 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return np.array_equal(a.view(np.uint8), b.view(np.uint8))
 
 
+@functools.lru_cache(maxsize=64)
+def _sample_at(n: int) -> np.ndarray:
+    """KEEP_SAMPLE evenly spaced positions of ``n`` elements (fewer when n is smaller), read-only."""
+    pos = np.linspace(0, n - 1, min(KEEP_SAMPLE, n)).astype(np.int64)
+    pos.flags.writeable = False
+    return pos
+
+
 def _keep(out: torch.Tensor, pk: np.ndarray, count: int, written: bool = True) -> None:
     """Remember ``pk`` (the bits of the spikes just written to ``out``, or, ``written=False``,
     of the spikes ``out`` stands for without holding them: see bits_only) until ``out`` dies."""
@@ -524,7 +533,7 @@ def _keep(out: torch.Tensor, pk: np.ndarray, count: int, written: bool = True) -
         return  # inference tensors have no version counter: a later write could not be seen
     key = _key(out)
     flat = _flat(out)
-    sample = np.linspace(0, flat.shape[0] - 1, min(KEEP_SAMPLE, flat.shape[0])).astype(np.int64)
+    sample = _sample_at(flat.shape[0])
 
     def drop(ref, key=key):
         with _kept_lock:
