@@ -17,10 +17,10 @@ no copy and no finiteness pass per chunk).
 
 The executor holds no parameters: everything it computes comes from the description, so
 the same description runs on any backend, in chunks of any size, with the same result. On
-the Numba backend it pins the spiking conv's path for every call (the event-driven kernels
-for spikes, the dense conv for the analog stem: ``conv_path``) instead of the ops' per-call
-density switch, whose choice, and so whose rounding, would depend on the chunk's steps and
-the batch's images.
+the Numba backend it pins the spiking conv's path for every call (the event-driven kernel
+for 0/1 spikes, the dense conv for other inputs: :meth:`Executor.input_path`) instead of
+the ops' per-call density switch, whose choice, and so whose rounding, would depend on the
+chunk's steps and the batch's images.
 """
 
 from __future__ import annotations
@@ -187,6 +187,18 @@ class Executor:
                 if layer.kind in ("neuron", "stem") and layer.main is not None and layer.main.kind == "conv"
                 and self.binary[i] and readers.get(i) and all(by_bits(t) for t in readers[i])}
 
+    def input_path(self, term: Term) -> str:
+        """The Numba spiking conv's path for ``term``'s input, pinned for the whole run: "event"
+        (the gather kernel) for 0/1 spikes, "dense" (torch's conv per step) for anything else:
+        the analog image, burst counts, signed spikes, averages of spikes. Measured
+        (bench/RESULTS.md "Session 10"): the gather kernel beat the dense path at 40-80% input
+        density on almost every ResNet-20 / ResNet-18 shape; for inputs other than 0/1 the
+        event-driven (scatter) kernel was as fast as the dense conv at 10% density and
+        1.1-2.6x slower at 30-50%."""
+        binary = (term.source >= 0 and self.binary[term.source]
+                  and not any(op[0] in ("avgpool", "gap") for op in term.pre))
+        return "event" if binary else "dense"
+
     def term(self, term: Term, outs: list, exact: bool = False) -> torch.Tensor:
         """The current of one term ``[T, B, ...]`` float32 from the spikes ``outs``."""
         x = outs[term.source]
@@ -202,11 +214,11 @@ class Executor:
             x = F.conv2d(x, w, b, term.stride, term.padding) if term.kind == "conv" else F.linear(x, w, b)
             x = x.float().reshape(T, B, *x.shape[1:])
         elif term.kind == "conv":
-            with conv_path("event"):
+            with conv_path(self.input_path(term)):
                 x = sk.spike_conv2d(x, term.weight, term.bias, term.stride, term.padding, neuron=False,
                                     backend=self.backend)
         elif term.kind == "linear":
-            with conv_path("event"):
+            with conv_path(self.input_path(term)):
                 x = sk.spike_linear(x, term.weight, term.bias, neuron=False, backend=self.backend)
         for op in term.post:
             x = apply_op(op, x, self.backend)
@@ -233,7 +245,7 @@ class Executor:
                 for op in t.pre:
                     x = apply_op(op, x, self.backend)
                 # the analog image: the dense conv, whatever the batch's share of zero pixels
-                with conv_path("dense"):
+                with conv_path(self.input_path(t)):
                     if t.kind == "conv":
                         c = sk.spike_conv2d(x, t.weight, t.bias, t.stride, t.padding, neuron=False,
                                             backend=self.backend)
@@ -308,10 +320,9 @@ class Executor:
         # the uint8 spike shortcut stays uint8 and no [steps, B, C, H, W] float is built
         kw.update(threshold=nrn.threshold, v0=v0, reset=nrn.reset, residual=residual, residual_scale=rscale,
                   step_bias=rows)
-        # the event-driven kernels at every density (a per-call switch would make the result
-        # depend on the chunk and the batch; measured faster than the dense path up to 80%
-        # density on ResNet-20's shapes, see bench/RESULTS.md)
-        with conv_path("event"):
+        # one path for the whole run (a per-call switch would make the result depend on the
+        # chunk and the batch): see input_path
+        with conv_path(self.input_path(main)):
             if main.kind == "conv":
                 with keep_bits:
                     return sk.spike_conv2d(x, main.weight, main.bias, main.stride, main.padding, **kw)

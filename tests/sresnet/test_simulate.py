@@ -140,15 +140,18 @@ def test_module_to_moves_weights():
     assert torch.equal(snn(x, timesteps=6), before)
 
 
-@pytest.mark.parametrize("kind,hw,density", [("cifarA", 16, "0.1"), ("cifarA", 16, "0.2"), ("cifarA", 16, "0.4"),
-                                              ("tv_bottleneck", 16, "0.2")])
-def test_results_depend_on_neither_chunk_nor_batch(kind, hw, density, monkeypatch):
+@pytest.mark.parametrize("kind,hw,density,neuron", [("cifarA", 16, "0.1", "if"), ("cifarA", 16, "0.2", "if"),
+                                                     ("cifarA", 16, "0.4", "if"), ("tv_bottleneck", 16, "0.2", "if"),
+                                                     ("cifarA", 16, "0.2", "burst"), ("cifarA", 16, "0.2", "signed")])
+def test_results_depend_on_neither_chunk_nor_batch(kind, hw, density, neuron, monkeypatch):
     # the ops' per-call density switch (event-driven kernel vs dense conv, which add in
     # different orders) would choose per chunk and per batch; the executor pins the path, so
     # the switch's setting (thresholds the layers' densities straddle) changes nothing
     model = make(kind)
     x = _images(8, hw, seed=3)
-    snn = sresnet.convert(model, _images(16, hw, seed=2), compensation=None)
+    kw = dict(method="s-resnet", neuron=neuron, max_spikes=3) if neuron == "burst" else (
+        dict(method="s-resnet", neuron=neuron) if neuron == "signed" else {})
+    snn = sresnet.convert(model, _images(16, hw, seed=2), compensation=None, **kw)
     monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", "1")
     full, stats = snn(x, timesteps=48, per_step=True, chunk=48, return_stats=True)
     monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", density)
@@ -159,3 +162,22 @@ def test_results_depend_on_neither_chunk_nor_batch(kind, hw, density, monkeypatc
     # an image's scores do not depend on the other images of its batch
     for lo, hi in ((0, 1), (2, 5)):
         assert torch.equal(snn(x[lo:hi], timesteps=48, per_step=True, chunk=7), full[:, lo:hi]), (lo, hi)
+
+
+def test_input_path_event_for_spikes_dense_for_other_inputs():
+    from sresnet.executor import Executor
+
+    calib = _images(16, 16, seed=2)
+    snn = sresnet.convert(make("cifarA"), calib, compensation=None)
+    ex = Executor(snn.network)
+    paths = {(l.name, id(t)): ex.input_path(t) for l in snn.layers if l.kind != "maxpool" for t in l.terms()
+             if t.kind in ("conv", "linear")}
+    stem = [l for l in snn.layers if l.kind == "stem"][0]
+    assert ex.input_path(stem.main) == "dense"  # the analog image
+    assert sum(p == "event" for p in paths.values()) >= 18  # ResNet-20's 18 spiking convs read 0/1 spikes
+    burst = sresnet.convert(make("cifarA"), calib, method="s-resnet", compensation=None, neuron="burst",
+                            max_spikes=3)
+    ex = Executor(burst.network)
+    # burst counts are not 0/1: every conv takes the dense path
+    assert {ex.input_path(t) for l in burst.layers if l.kind != "maxpool" for t in l.terms()
+            if t.kind in ("conv", "linear")} == {"dense"}
