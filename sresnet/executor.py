@@ -45,12 +45,21 @@ BITS_BETWEEN_CONVS = True
 CHUNK_BYTES = 32 * 2 ** 20
 
 
+_pin = None
+
+
 def conv_path(path: str):
     """A context pinning the Numba spiking conv's path ("event" or "dense") in this thread
-    (:class:`spikekernels.ops.spike_conv.numba.conv_path`; other backends have one path)."""
-    from spikekernels.ops.spike_conv.numba import conv_path as pinned
-
-    return pinned(path)
+    (:class:`spikekernels.ops.spike_conv.numba.conv_path`; other backends have one path, and
+    without Numba installed this does nothing)."""
+    global _pin
+    if _pin is None:
+        try:
+            from spikekernels.ops.spike_conv.numba import conv_path as pinned
+        except ImportError:  # no Numba: the reference / Triton backends have no switch to pin
+            pinned = lambda path: contextlib.nullcontext()  # noqa: E731
+        _pin = pinned
+    return _pin(path)
 
 
 def apply_op(op: tuple, x: torch.Tensor, backend=None) -> torch.Tensor:
@@ -190,7 +199,8 @@ class Executor:
     def input_path(self, term: Term) -> str:
         """The Numba spiking conv's path for ``term``'s input, pinned for the whole run: "event"
         (the gather kernel) for 0/1 spikes, "dense" (torch's conv per step) for anything else:
-        the analog image, burst counts, signed spikes, averages of spikes. Measured
+        the analog image, burst counts, signed spikes, averages of spikes (and the analog
+        activations of :meth:`analog_layers`, which ``term(analog=True)`` sends dense). Measured
         (bench/RESULTS.md "Session 10"): the gather kernel beat the dense path at 40-80% input
         density on almost every ResNet-20 / ResNet-18 shape; for inputs other than 0/1 the
         event-driven (scatter) kernel was as fast as the dense conv at 10% density and
@@ -199,8 +209,9 @@ class Executor:
                   and not any(op[0] in ("avgpool", "gap") for op in term.pre))
         return "event" if binary else "dense"
 
-    def term(self, term: Term, outs: list, exact: bool = False) -> torch.Tensor:
-        """The current of one term ``[T, B, ...]`` float32 from the spikes ``outs``."""
+    def term(self, term: Term, outs: list, exact: bool = False, analog: bool = False) -> torch.Tensor:
+        """The current of one term ``[T, B, ...]`` float32 from the spikes ``outs`` (``analog``:
+        from analog activations, :meth:`analog_layers`, which take the dense conv)."""
         x = outs[term.source]
         for op in term.pre:
             x = apply_op(op, x, self.backend)
@@ -214,11 +225,11 @@ class Executor:
             x = F.conv2d(x, w, b, term.stride, term.padding) if term.kind == "conv" else F.linear(x, w, b)
             x = x.float().reshape(T, B, *x.shape[1:])
         elif term.kind == "conv":
-            with conv_path(self.input_path(term)):
+            with conv_path("dense" if analog else self.input_path(term)):
                 x = sk.spike_conv2d(x, term.weight, term.bias, term.stride, term.padding, neuron=False,
                                     backend=self.backend)
         elif term.kind == "linear":
-            with conv_path(self.input_path(term)):
+            with conv_path("dense" if analog else self.input_path(term)):
                 x = sk.spike_linear(x, term.weight, term.bias, neuron=False, backend=self.backend)
         for op in term.post:
             x = apply_op(op, x, self.backend)
@@ -228,10 +239,10 @@ class Executor:
                 x = x * channel_view(term.scale, x)
         return x
 
-    def currents(self, terms: list, outs: list, exact: bool = False) -> torch.Tensor:
+    def currents(self, terms: list, outs: list, exact: bool = False, analog: bool = False) -> torch.Tensor:
         total = None
         for t in terms:
-            c = self.term(t, outs, exact)
+            c = self.term(t, outs, exact, analog)
             total = c if total is None else total + c
         return total
 
@@ -452,7 +463,7 @@ class Executor:
                     a = F.pad(a, pad)
                 y = F.max_pool2d(a, p["kernel"], p["stride"], p["padding"])[None]
             else:
-                cur = stems[i] if layer.kind == "stem" else self.currents(layer.terms(), acts)
+                cur = stems[i] if layer.kind == "stem" else self.currents(layer.terms(), acts, analog=True)
                 if layer.bias is not None:
                     cur = cur + channel_view(layer.bias, cur)
                 thr = layer.neuron.threshold
@@ -470,7 +481,7 @@ class Executor:
         Returns the readout ``[B, classes]`` times λ_out.
         """
         acts = self.analog_layers(images, clip)
-        return self.currents(self.net.output, acts)[0] * self.net.output_scale
+        return self.currents(self.net.output, acts, analog=True)[0] * self.net.output_scale
 
 
 def layer_of(net: Network, name: str) -> Layer:

@@ -246,10 +246,10 @@ def calibrate_schedule(snn, program, scales: dict, images: torch.Tensor, horizon
         shard: a :class:`sresnet.distributed.Shard`: each rank simulates a contiguous share of
             the images; the targets, counts and order statistics are merged exactly, so the
             schedule is bit-identical to one process's, given per-image currents that do not
-            depend on the other images of a call: true of torch's convolutions here (checked
-            on ResNet-20) and of spikekernels' CPU kernels while a layer's input density stays
-            on one side of their dense-path switch (SPIKEKERNELS_CONV_DENSE_DENSITY, 0.4,
-            estimated per call) in every share.
+            depend on the other images of a call: true of spikekernels' CPU kernels (the
+            executor pins one conv path per input kind, see
+            :meth:`sresnet.executor.Executor.input_path`; the dense conv runs a share of one
+            image as two, whose rounding torch's conv gives any larger batch).
         weight_ridge: opt-in layer-wise weight calibration: before its schedule, each layer's
             main conv/linear weight is refitted to the spike rates of the calibrated layers
             below (:mod:`sresnet.convert.weights`, ridge ``weight_ridge``). The refit uses the

@@ -48,3 +48,17 @@ def test_conv_path_nests_and_restores():
 def test_conv_path_rejects_other_paths():
     with pytest.raises(ValueError, match=r"path='gather'.*accepted: event, dense or None"):
         nb.conv_path("gather")
+
+
+@pytest.mark.parametrize("cin,cout,hw,stride", [(3, 16, 32, 1), (16, 16, 32, 1), (32, 64, 16, 2), (64, 64, 8, 1)])
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_dense_current_of_an_image_alone_equals_its_current_in_a_batch(cin, cout, hw, stride, backend):
+    # torch's CPU conv rounds a batch of one differently: one image runs as two
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, cin, hw, hw, generator=g)
+    w = torch.randn(cout, cin, 3, 3, generator=g) * 0.2
+    with nb.conv_path("dense"):
+        full = sk.spike_conv2d(x, w, None, stride, 1, neuron=False, backend=backend)
+        for b in (0, 3, 5):
+            alone = sk.spike_conv2d(x[:, b:b + 1], w, None, stride, 1, neuron=False, backend=backend)
+            assert torch.equal(alone, full[:, b:b + 1]), b

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import spikekernels as sk
 from spikekernels.ops.spike_conv import numba_gather
+from spikekernels.ops.spike_conv.reference import step_convs
 from spikekernels.testing import assert_close, assert_spikes_match, membrane_trace
 
 from test_spike_conv import CASES, IDS, _case, path  # noqa: F401  (path: the Numba kernel fixture)
@@ -48,7 +49,8 @@ def test_currents(backend, path, case, res_kind):
     kw = dict(conv_kw, neuron=False, residual=res, residual_scale=scale)
     ref = sk.spike_conv2d(s, w, b, **kw, step_bias=sb, backend="reference")
     # the reference is exactly the documented formula
-    conv = torch.cat([F.conv2d(st.float(), w, b, **conv_kw) for st in s]).view(shape)
+    # (the conv of each step: reference.step_convs, checked against F.conv2d in test_spike_conv)
+    conv = step_convs(s, w, b, conv_kw["stride"], conv_kw["padding"]).view(shape)
     manual = conv + _folded(sb, res, scale, shape)
     assert torch.equal(ref, manual)
     x = sk.spike_conv2d(s, w, b, **kw, step_bias=sb, backend=backend)
