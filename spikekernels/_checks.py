@@ -160,11 +160,43 @@ def inner_size(shape: Sequence[int]) -> int:
     return math.prod(shape[3:]) if len(shape) > 3 else 1
 
 
-_donation = threading.local()
+class ThreadSetting:
+    """A value per thread, set for the length of a ``with setting(value):`` block (blocks
+    nest; leaving one restores the value before it); ``default`` outside every block."""
+
+    __slots__ = ("_local", "default")
+
+    def __init__(self, default=None):
+        self._local = threading.local()
+        self.default = default
+
+    def get(self):
+        return getattr(self._local, "value", self.default)
+
+    def __call__(self, value) -> "_Setting":
+        return _Setting(self, value)
 
 
-class donate:
-    """Within this context (this thread), the tensor ``state`` is the caller's to give away:
+class _Setting:
+    __slots__ = ("setting", "value", "prev")
+
+    def __init__(self, setting: ThreadSetting, value):
+        self.setting, self.value = setting, value
+
+    def __enter__(self):
+        self.prev = self.setting.get()
+        self.setting._local.value = self.value
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.setting._local.value = self.prev
+
+
+_donated_state = ThreadSetting(None)
+
+
+def donate(state) -> _Setting:
+    """A context within which (this thread) the tensor ``state`` is the caller's to give away:
     an op that takes it as its start state (``v0``, a max pool's ``count``) and would copy
     it updates it in place instead and returns it as its new state, without checking it for
     NaN / Inf (it is an op's own returned state, as finite as the run that made it: an
@@ -175,24 +207,12 @@ class donate:
     ResNet-20 run (bench/RESULTS.md "Session 10"). Only a float32, contiguous tensor of the
     state's exact shape, device and no grad is taken as it is; any other is copied as usual.
     """
-
-    __slots__ = ("state", "prev")
-
-    def __init__(self, state):
-        self.state = state
-
-    def __enter__(self):
-        self.prev = getattr(_donation, "state", None)
-        _donation.state = self.state
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _donation.state = self.prev
+    return _donated_state(state)
 
 
 def donated(t, shape: Sequence[int], device: torch.device) -> bool:
     """Whether ``t`` is the state given away by an enclosing :class:`donate` and usable in place."""
-    return (t is not None and t is getattr(_donation, "state", None) and isinstance(t, torch.Tensor)
+    return (t is not None and t is _donated_state.get() and isinstance(t, torch.Tensor)
             and t.dtype == torch.float32 and t.device == device and tuple(t.shape) == tuple(shape)
             and t.is_contiguous() and not t.requires_grad)
 

@@ -50,7 +50,7 @@ _pin = None
 
 def conv_path(path: str):
     """A context pinning the Numba spiking conv's path ("event" or "dense") in this thread
-    (:class:`spikekernels.ops.spike_conv.numba.conv_path`; other backends have one path, and
+    (:func:`spikekernels.ops.spike_conv.numba.conv_path`; other backends have one path, and
     without Numba installed this does nothing)."""
     global _pin
     if _pin is None:

@@ -32,8 +32,6 @@ Every path adds the per-step bias ``step_bias [T, Cout]`` in the reference's ord
 
 from __future__ import annotations
 
-import threading
-
 import numba
 import numpy as np
 import torch
@@ -41,7 +39,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ... import _config
+from ... import _checks, _config
 from ..if_scan.numba import spike_buffer
 from . import numba_gather
 from .numba_rows import (_SPREAD, _current_row, _if_row, _membrane_out, _residual_in, _spikes_out, _step_bias_row,
@@ -406,12 +404,12 @@ def _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, r
         out.copy_(stage)
 
 
-_pin = threading.local()
+_pinned = _checks.ThreadSetting(None)
 CONV_PATHS = ("event", "dense")
 
 
-class conv_path:
-    """Within this context (this thread), the Numba spiking conv / linear takes ``path``
+def conv_path(path: str | None):
+    """A context within which (this thread) the Numba spiking conv / linear takes ``path``
     whatever its input's density: "event" (the event-driven kernels: gather for 0/1 inputs,
     scatter for other values) or "dense" (torch's conv per step, then the neuron); None
     restores the per-call density switch (SPIKEKERNELS_CONV_DENSE_DENSITY).
@@ -420,33 +418,21 @@ class conv_path:
     (the paths add in different orders); a pinned path does not. Contexts nest; the
     innermost wins. ValueError for another ``path``.
     """
-
-    __slots__ = ("path", "prev")
-
-    def __init__(self, path: str | None):
-        if path is not None and path not in CONV_PATHS:
-            raise ValueError(f"conv_path: path={path!r}; accepted: {', '.join(CONV_PATHS)} or None")
-        self.path = path
-
-    def __enter__(self):
-        self.prev = getattr(_pin, "path", None)
-        _pin.path = self.path
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _pin.path = self.prev
+    if path is not None and path not in CONV_PATHS:
+        raise ValueError(f"conv_path: path={path!r}; accepted: {', '.join(CONV_PATHS)} or None")
+    return _pinned(path)
 
 
 def pinned_path() -> str | None:
-    """This thread's pinned path (see :class:`conv_path`), None when the density decides."""
-    return getattr(_pin, "path", None)
+    """This thread's pinned path (see :func:`conv_path`), None when the density decides."""
+    return _pinned.get()
 
 
 def spike_conv2d(s, weight, bias, stride, padding, thr, v, out, reset_zero: bool, v_reset: float,
                  residual, res_scale, neuron: bool, step_bias=None) -> None:
     # a neuron output of the gather kernel: its kept bits and exact spike count
     kept = numba_gather.recall(s)
-    path = getattr(_pin, "path", None)
+    path = _pinned.get()
     if path is None:
         density = kept.count / s.numel() if kept is not None else estimate_density(s)
         dense = density > _config.conv_dense_density()
