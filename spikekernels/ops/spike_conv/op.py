@@ -164,7 +164,9 @@ def spike_conv2d(
     update of ``sk.if_scan``: ``v += x_t``; spike when ``v >= threshold``; then
     ``v -= threshold`` (reset="subtract") or ``v = v_reset`` (reset="zero"). The CPU kernel
     is event-driven (it adds one weight slice per input spike and skips silent inputs); above
-    SPIKEKERNELS_CONV_DENSE_DENSITY input density it runs a chunked dense conv instead.
+    SPIKEKERNELS_CONV_DENSE_DENSITY input density it runs a chunked dense conv instead,
+    decided per call (the two add in different orders: a neuron within rounding of θ can
+    differ); ``spikekernels.ops.spike_conv.numba.conv_path`` pins one path instead.
 
     Args:
         s: input ``[T, B, Cin, H, W]``: spikes (0/1) as float, uint8 or bool, or an analog
