@@ -224,13 +224,13 @@ class Executor:
             x = x.reshape(T * B, *x.shape[2:]).double()
             x = F.conv2d(x, w, b, term.stride, term.padding) if term.kind == "conv" else F.linear(x, w, b)
             x = x.float().reshape(T, B, *x.shape[1:])
-        elif term.kind == "conv":
+        elif term.kind in ("conv", "linear"):
             with conv_path("dense" if analog else self.input_path(term)):
-                x = sk.spike_conv2d(x, term.weight, term.bias, term.stride, term.padding, neuron=False,
-                                    backend=self.backend)
-        elif term.kind == "linear":
-            with conv_path("dense" if analog else self.input_path(term)):
-                x = sk.spike_linear(x, term.weight, term.bias, neuron=False, backend=self.backend)
+                if term.kind == "conv":
+                    x = sk.spike_conv2d(x, term.weight, term.bias, term.stride, term.padding, neuron=False,
+                                        backend=self.backend)
+                else:
+                    x = sk.spike_linear(x, term.weight, term.bias, neuron=False, backend=self.backend)
         for op in term.post:
             x = apply_op(op, x, self.backend)
         if term.kind is None:

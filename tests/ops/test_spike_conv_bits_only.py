@@ -125,13 +125,13 @@ def test_a_current_with_a_bits_only_residual_writes_it_first():
 
 
 def test_bits_only_is_per_thread_and_restored():
-    assert not getattr(numba_gather._local, "bits_only", False)
+    assert not numba_gather._bits_only.get()
     with numba_gather.bits_only():
-        assert numba_gather._local.bits_only
+        assert numba_gather._bits_only.get()
         with numba_gather.bits_only():
             pass
-        assert numba_gather._local.bits_only
-    assert not numba_gather._local.bits_only
+        assert numba_gather._bits_only.get()
+    assert not numba_gather._bits_only.get()
 
 
 @pytest.mark.parametrize("kind", ["tiny_A_functional", "tiny_B_module", "cifarA", "tv_basic"])

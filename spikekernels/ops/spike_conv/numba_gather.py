@@ -50,7 +50,6 @@ cannot be bits: ``spike_conv2d`` falls back to the scatter kernel for them.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import threading
@@ -68,6 +67,7 @@ from numba.core import cgutils
 from numba.core.typing import signature
 from numba.extending import intrinsic
 
+from ... import _checks
 from ..if_scan.numba import spike_buffer
 from .numba_rows import (_SPREAD, _current_row, _membrane_in, _membrane_out, _residual_in, _spikes_out,
                          _step_bias_row, _tile_setup, spikes_out_views)
@@ -545,7 +545,7 @@ def _keep(out: torch.Tensor, pk: np.ndarray, count: int, written: bool = True) -
 
 
 # per thread: whether gather() leaves neuron outputs unwritten, their spikes only kept as bits
-_local = threading.local()
+_bits_only = _checks.ThreadSetting(False)
 
 
 # output dtypes whose readers take the tensor as it is (others are converted to float32
@@ -553,7 +553,6 @@ _local = threading.local()
 BITS_ONLY_DTYPES = (torch.uint8, torch.bool, torch.float32)
 
 
-@contextlib.contextmanager
 def bits_only(on: bool = True):
     """Within this context (this thread), a spiking conv run by the gather kernel (or the IF
     of a constant current, ``if_scan_kept``) whose uint8, bool or float32 output keeps its
@@ -567,12 +566,7 @@ def bits_only(on: bool = True):
     Skips the transpose of every step's spikes to ``[Cout, H'W']``. ``on=False`` turns it
     off inside (``spike_linear``: its output is a reshaped view, which cannot keep bits).
     """
-    before = getattr(_local, "bits_only", False)
-    _local.bits_only = on
-    try:
-        yield
-    finally:
-        _local.bits_only = before
+    return _bits_only(on)
 
 
 def guard(t: torch.Tensor, exact_ok: bool = False) -> None:
@@ -734,7 +728,7 @@ def if_scan_kept(x: torch.Tensor, thr: torch.Tensor, v: torch.Tensor, out: torch
     buf, stage = spike_buffer(out)
     out4 = buf.reshape(T, B, C, H * W)
     fast_out, out_words = spikes_out_views(out4, True, H * W)
-    write = stage is not None or out.dtype not in BITS_ONLY_DTYPES or not getattr(_local, "bits_only", False)
+    write = stage is not None or out.dtype not in BITS_ONLY_DTYPES or not _bits_only.get()
     bits = np.zeros((T, B, (H + 2 * KEEP_PAD) * (W + 2 * KEEP_PAD) * -(-C // 8) + 8), np.uint8)
     n_kept = np.zeros(B, np.uint64)
     sb = np.zeros((1, 1), np.float32) if step_bias is None else step_bias.numpy()
@@ -1022,7 +1016,7 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     # the output's bits, for the layer that reads it next (zeros: the border is padding)
     keep = KEEP and neuron and not out.is_inference()
     # bits_only: the output tensor is not written (the spikes stay in the kept bits)
-    write = not (keep and out.is_contiguous() and out.dtype in BITS_ONLY_DTYPES and getattr(_local, "bits_only", False))
+    write = not (keep and out.is_contiguous() and out.dtype in BITS_ONLY_DTYPES and _bits_only.get())
     bits = np.zeros((T, B, (Ho + 2 * KEEP_PAD) * (Wo + 2 * KEEP_PAD) * -(-Cout // 8) + 8) if keep else (1, 1, 1),
                     np.uint8)
     n_kept = np.zeros(B * n_tiles, np.uint64)
