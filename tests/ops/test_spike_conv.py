@@ -312,23 +312,33 @@ def _gather_order_current(s, w, b, padding, nv):
     return torch.from_numpy(out)
 
 
-@pytest.mark.parametrize("Cin", [9, 40, 1030], ids=["one-word-rows", "two-word-rows", "past-the-list"])
-def test_gather_kernel_summation_order(monkeypatch, Cin):
+@pytest.mark.parametrize("Cin,Cout", [(9, 12), (40, 12), (600, 32), (1030, 12)],
+                         ids=["one-word-rows", "two-word-rows", "row-index-list", "past-the-list"])
+def test_gather_kernel_summation_order(monkeypatch, Cin, Cout):
     """The gather kernel's current, bit for bit, against its documented order: the unrolled add
     loop (the zero row past the last active input adds nothing), the independent sets of
-    sums, the per-pixel list of active inputs and, past LIST_CAP, the per-word bit walk."""
+    sums, the per-pixel list of active inputs (entries as offsets / 2 for a tile of at most
+    2 x 65535 weight floats, as row indices past that) and, past LIST_CAP, the per-word bit
+    walk."""
     monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", "1.0")
     g = torch.Generator().manual_seed(21)
     H = 3 if Cin > 100 else 5
-    s = (torch.rand(2, 1, Cin, H, H, generator=g) < 0.3).to(torch.uint8)
-    w = torch.randn(12, Cin, 3, 3, generator=g)
-    b = torch.randn(12, generator=g)
-    nv = numba_gather._vectors(12, 1, numba_gather.numba.get_num_threads())
+    threads = numba_gather.numba.get_num_threads()
+    # enough images for a whole-Cout tile (_vectors splits tiles to give every thread two items)
+    B = 2 * threads if Cout > 16 else 1
+    s = (torch.rand(2, B, Cin, H, H, generator=g) < 0.3).to(torch.uint8)
+    w = torch.randn(Cout, Cin, 3, 3, generator=g)
+    b = torch.randn(Cout, generator=g)
+    nv = numba_gather._vectors(Cout, B, threads)
     cur = sk.spike_conv2d(s, w, b, padding=1, neuron=False, backend="numba")
     expected = _gather_order_current(s, w, b, 1, nv)
     assert torch.equal(cur, expected)
-    if Cin > 100:
-        assert 3 * 64 * -(-3 * 8 * -(-Cin // 8) // 64) > numba_gather.LIST_CAP, "the case should pass the list"
+    words = 3 * -(-3 * 8 * -(-Cin // 8) // 64)
+    tile_floats = (9 * 8 * -(-Cin // 8) + 1) * 8 * nv
+    if Cin == 600:
+        assert words * 64 <= numba_gather.LIST_CAP - 4 and tile_floats > 2 * 65535, "the case should take the row-index list"
+    if Cin > 1000:
+        assert words * 64 > numba_gather.LIST_CAP, "the case should pass the list"
 
 
 def test_word_walk_where_the_cpu_cannot_compress(tmp_path):
@@ -409,3 +419,24 @@ def test_linear_bad_input_raises():
         sk.spike_linear(torch.zeros(2, 3, 4), torch.zeros(6, 5))
     with pytest.raises(ValueError, match="residual"):
         sk.spike_linear(torch.zeros(2, 3, 4), torch.zeros(6, 4), residual=torch.zeros(2, 3, 5))
+
+
+@pytest.mark.parametrize("Cout,Cin,ct", [(16, 16, 16), (32, 32, 32), (64, 64, 16), (64, 64, 64), (20, 3, 8)])
+def test_weight_rows_start_on_a_cache_line(Cout, Cin, ct):
+    """The gather kernel's weight rows start on a 64-byte boundary (its 16-float loads then
+    never straddle two cache lines; numpy's own allocations often start 16 bytes past one),
+    and hold the weight: row ``(ky * kw + kx) * 8 * Cb + ci`` of tile ``i`` is channels
+    ``i * ct ...`` of ``w[:, ci, ky, kx]``, zeros past Cout and in the last row."""
+    import numpy as np
+
+    w = torch.randn(Cout, Cin, 3, 3, generator=torch.Generator().manual_seed(Cout + Cin + ct))
+    wg = numba_gather.weight_rows(w, ct)
+    assert wg.ctypes.data % 64 == 0
+    Cb = -(-Cin // 8)
+    n_tiles = -(-Cout // ct)
+    rows = wg.reshape(n_tiles, 9 * 8 * Cb + 1, ct)
+    wpad = np.zeros((n_tiles * ct, 8 * Cb, 3, 3), np.float32)
+    wpad[:Cout, :Cin] = w.numpy()
+    expected = wpad.reshape(n_tiles, ct, 8 * Cb, 9).transpose(0, 3, 2, 1).reshape(n_tiles, 9 * 8 * Cb, ct)
+    assert np.array_equal(rows[:, :-1], expected)
+    assert not rows[:, -1].any()

@@ -43,7 +43,7 @@ from ... import _checks, _config
 from ..if_scan.numba import spike_buffer
 from . import numba_gather
 from .numba_rows import (_SPREAD, _current_row, _if_row, _membrane_out, _residual_in, _spikes_out, _step_bias_row,
-                         _tile_setup, spikes_out_views)
+                         _tile_setup, aligned_zeros, spikes_out_views)
 from .reference import step_convs
 
 # bytes of the largest temporary (float input chunk or current chunk) of the dense path: well
@@ -363,7 +363,8 @@ def _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, r
         nc = min(co_tile, Cout - c0)
         wp[tile, :nc, :, :kh, :kw] = w_np[c0:c0 + nc]
     wp = wp.reshape(n_tiles, ct, Cin, nty, sy, ntx, sx)[:, :, :, ::-1, :, ::-1, :].transpose(0, 4, 6, 3, 2, 5, 1)
-    wr = np.ascontiguousarray(wp).reshape(n_tiles, -1)
+    wr = aligned_zeros((n_tiles, wp[0].size))
+    wr.reshape(wp.shape)[...] = wp
     cols = max((W - 1 + padding[1]) // sx + 1, Wo) + ntx - 1
     rowlen = cols * ct
     n_rows = max((H - 1 + padding[0]) // sy + 1, Ho) + nty - 1

@@ -70,7 +70,7 @@ from numba.extending import intrinsic
 from ... import _checks
 from ..if_scan.numba import spike_buffer
 from .numba_rows import (_SPREAD, _current_row, _membrane_in, _membrane_out, _residual_in, _spikes_out,
-                         _step_bias_row, _tile_setup, spikes_out_views)
+                         _step_bias_row, _tile_setup, aligned_zeros, spikes_out_views)
 
 # accumulator width per output pixel in units of 8 float32 (ct = 8 * nv channels per tile); in
 # the generated code an even nv is nv / 2 vectors of 16 lanes (one zmm each with AVX-512,
@@ -184,9 +184,14 @@ def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool, neuron: boo
                 builder.branch(cond)
                 builder.position_at_end(done)
 
-        def walk_list():
-            # 32 entries of slack: each half word's compressed lanes are stored as a whole vector
-            lst = cgutils.alloca_once(builder, i16, size=LIST_CAP + 32)
+        # 32 entries of slack: each half word's compressed lanes are stored as a whole vector
+        lst = cgutils.alloca_once(builder, i16, size=LIST_CAP + 32) if compress else None
+
+        def walk_list(scaled):
+            # an entry is a weight row's offset in floats shifted right by ``q``: the row index
+            # (q = log2(ct)), or, when every offset / 2 fits in 16 bits (``scaled``), offset / 2,
+            # which the add loop reads as a byte offset / 8 (x86's scaled index: no shift per input)
+            q = ir.Constant(i64, 1) if scaled else shift
             n_var = cgutils.alloca_once_value(builder, zero)
             v32i16, v32i1 = ir.VectorType(i16, 32), ir.VectorType(ir.IntType(1), 32)
             squeeze = cgutils.get_or_insert_function(
@@ -196,18 +201,19 @@ def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool, neuron: boo
             lane0 = ir.Constant(ir.VectorType(ir.IntType(32), 32), [0] * 32)
             with cgutils.for_range(builder, nw) as loop:
                 word = word_at(loop.index)
-                first = builder.trunc(builder.lshr(builder.load(builder.gep(wrow.data, [loop.index])), shift), i16)
+                first = builder.trunc(builder.lshr(builder.load(builder.gep(wrow.data, [loop.index])), q), i16)
                 splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v32i16, None), first, ir.Constant(
                     ir.IntType(32), 0)), ir.Constant(v32i16, None), lane0)
                 for half in range(2):
                     bits = builder.trunc(builder.lshr(word, ir.Constant(i64, 32 * half)), ir.IntType(32))
-                    lanes = builder.add(splat, ir.Constant(v32i16, list(range(32 * half, 32 * half + 32))))
+                    step = 4 * nv if scaled else 1
+                    lanes = builder.add(splat, ir.Constant(v32i16, [step * j for j in range(32 * half, 32 * half + 32)]))
                     packed = builder.call(squeeze, [lanes, builder.bitcast(bits, v32i1), ir.Constant(v32i16, None)])
                     n = builder.load(n_var)
                     builder.store(packed, builder.bitcast(builder.gep(lst, [n]), v32i16.as_pointer()), align=2)
                     builder.store(builder.add(n, builder.zext(builder.ctpop(bits), i64)), n_var)
             n = builder.load(n_var)
-            zero_idx = builder.trunc(builder.lshr(zero_row, shift), i16)
+            zero_idx = builder.trunc(builder.lshr(zero_row, q), i16)
             for u in range(unroll):
                 builder.store(zero_idx, builder.gep(lst, [builder.add(n, ir.Constant(i64, u))]))
             trips = builder.udiv(builder.add(n, ir.Constant(i64, unroll - 1)), ir.Constant(i64, unroll))
@@ -216,15 +222,21 @@ def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool, neuron: boo
                 rows = []
                 for u in range(unroll):
                     idx = builder.load(builder.gep(lst, [builder.add(first, ir.Constant(i64, u))]))
-                    rows.append(builder.shl(builder.zext(idx, i64), shift))
+                    rows.append(builder.shl(builder.zext(idx, i64), q))
                 add_rows(rows)
 
         if compress:
             fits = builder.icmp_unsigned("<=", builder.mul(nw, ir.Constant(i64, 64)),
                                          ir.Constant(i64, LIST_CAP - unroll))
+            small = builder.icmp_unsigned("<=", cgutils.unpack_tuple(builder, w.shape, 1)[0],
+                                          ir.Constant(i64, 2 * 65535))
             with builder.if_else(fits) as (then, otherwise):
                 with then:
-                    walk_list()
+                    with builder.if_else(small) as (then_small, otherwise_small):
+                        with then_small:
+                            walk_list(True)
+                        with otherwise_small:
+                            walk_list(False)
                 with otherwise:
                     walk_words()
         else:
@@ -944,7 +956,7 @@ def weight_rows(weight: torch.Tensor, ct: int) -> np.ndarray:
     wg[:, :, :Cin, :Cout] = weight.numpy().transpose(2, 3, 1, 0)
     rows = wg.reshape(-1, n_tiles, ct).transpose(1, 0, 2).reshape(n_tiles, -1)
     # one zero row after each tile's rows: the bit walk adds it for a bit that is not set
-    wg = np.zeros((n_tiles, rows.shape[1] + ct), np.float32)
+    wg = aligned_zeros((n_tiles, rows.shape[1] + ct))
     wg[:, :-ct] = rows
     if not cacheable:
         return wg
