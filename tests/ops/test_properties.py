@@ -137,17 +137,21 @@ def conv_cases(draw):
     return T, B, cin, cout, k, stride, pad, h, w, density, thr, reset, seed, split, res_kind
 
 
-@pytest.mark.parametrize("kernel", ["default", "scatter"])
+@pytest.mark.parametrize("kernel", ["default", "per-pixel", "scatter"])
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=conv_cases())
 def test_spike_conv_properties(backend, kernel, case):
-    """Below the dense switch 0/1 inputs take Numba's gather kernel ("default"); "scatter"
-    makes it decline so the scatter kernel (the one analog inputs get) runs instead."""
-    if kernel == "scatter" and backend != "numba":
-        pytest.skip("only the Numba backend has a scatter kernel")
+    """Below the dense switch 0/1 inputs take Numba's gather kernel ("default": the column
+    kernel for 3x3 stride-1 convs with the neuron on a CPU with AVX-512 VBMI2, the per-pixel
+    gather for the rest); "per-pixel" turns the column kernel off; "scatter" makes the gather
+    kernel decline so the scatter kernel (the one analog inputs get) runs instead."""
+    if kernel != "default" and backend != "numba":
+        pytest.skip("only the Numba backend has the per-pixel and scatter kernels")
     with pytest.MonkeyPatch.context() as mp:
         if kernel == "scatter":
             mp.setattr(numba_gather, "gather", lambda *args: False)
+        if kernel == "per-pixel":
+            mp.setattr(numba_gather, "COLUMN", False)
         _spike_conv_properties(backend, case)
 
 

@@ -341,6 +341,70 @@ def test_gather_kernel_summation_order(monkeypatch, Cin, Cout):
         assert words * 64 > numba_gather.LIST_CAP, "the case should pass the list"
 
 
+
+def _column_order_current(s, w, b, padding, nv):
+    """The column kernel's current (3x3, stride 1), emulated in numpy in its documented order.
+
+    Output pixel ``ox`` of a row gets input column ``ox`` (kx = 0), then ``ox + 1`` (kx = 1),
+    then ``ox + 2`` (kx = 2); within a column the active inputs come in kernel-row, then
+    input-channel order, and the ``n``-th of the column goes to set ``n % sets``; each set is
+    summed in that order, the sets are added pairwise, then the bias.
+    """
+    import numpy as np
+
+    T, B, Cin, H, W = s.shape
+    Cout = w.shape[0]
+    sets = numba_gather.COLUMN_SETS[nv]
+    sp = np.pad(s.numpy(), ((0, 0), (0, 0), (0, 0), (padding, padding), (padding, padding)))
+    wn, bn = w.numpy(), b.numpy()
+    Ho, Wo = H + 2 * padding - 2, W + 2 * padding - 2
+    out = np.zeros((T, B, Cout, Ho, Wo), np.float32)
+    for t in range(T):
+        for i in range(B):
+            for oy in range(Ho):
+                for ox in range(Wo):
+                    parts = [np.zeros(Cout, np.float32) for _ in range(sets)]
+                    for kx in range(3):
+                        n = 0
+                        for ky in range(3):
+                            for ci in range(Cin):
+                                if sp[t, i, ci, oy + ky, ox + kx]:
+                                    parts[n % sets] += wn[:, ci, ky, kx]
+                                    n += 1
+                    while len(parts) > 1:
+                        parts = [parts[m] + parts[m + 1] for m in range(0, len(parts), 2)]
+                    out[t, i, :, oy, ox] = parts[0] + bn
+    return torch.from_numpy(out)
+
+
+@pytest.mark.skipif(not numba_gather.COMPRESS, reason="the column kernel needs AVX-512 VBMI2 (vpcompressw)")
+@pytest.mark.parametrize("Cin,Cout,padding", [(9, 12, 1), (16, 16, 1), (40, 32, 0), (16, 64, 1)],
+                         ids=["8-channel-tile", "16-channel-tile", "32-channel-tile-no-padding", "64-channel-tile"])
+def test_column_kernel_summation_order(monkeypatch, Cin, Cout, padding):
+    """A 3x3 stride-1 conv with the neuron takes the column kernel; its spikes and final
+    membrane, bit for bit, are ``if_scan`` of the current in the column kernel's documented
+    order (``_column_order_current``), for tiles of 8 to 64 channels."""
+    monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", "1.0")
+    g = torch.Generator().manual_seed(Cin + Cout)
+    threads = numba_gather.numba.get_num_threads()
+    B = 2 * threads if Cout > 16 else 2
+    s = (torch.rand(3, B, Cin, 6, 7, generator=g) < 0.3).to(torch.uint8)
+    w = torch.randn(Cout, Cin, 3, 3, generator=g) * 0.4
+    b = torch.randn(Cout, generator=g) * 0.1
+    nv = numba_gather._vectors(Cout, B, threads)
+    assert numba_gather._column_fits(True, (3, 3), (1, 1), -(-Cin // 8), nv)
+    out, v = sk.spike_conv2d(s, w, b, padding=padding, threshold=0.8, backend="numba", return_state=True)
+    ref, v_ref = sk.if_scan(_column_order_current(s, w, b, padding, nv), 0.8, return_state=True,
+                            backend="reference")
+    assert torch.equal(out, ref)
+    assert torch.equal(v, v_ref)
+    with monkeypatch.context() as m:
+        m.setattr(numba_gather, "COLUMN", False)
+        out_gather = sk.spike_conv2d(s, w, b, padding=padding, threshold=0.8, backend="numba")
+    # the per-pixel kernel adds in another order: at most near-threshold flips
+    assert (out_gather != out).float().mean() < 0.01
+
+
 def test_word_walk_where_the_cpu_cannot_compress(tmp_path):
     """Without AVX-512 VBMI2 (forced here with NUMBA_CPU_NAME=generic, a portable target) the
     list is off and each word's bits are walked with that path's unroll and sets; the order

@@ -41,6 +41,12 @@ input spike's weights into a current buffer in memory). Here each output pixel g
    for outputs only spiking convs read); any other reader writes it first (``materialize``,
    ``guard``). ``if_scan_kept``: the IF of a constant current (a network's stem) keeps its
    spikes' bits the same way.
+5. The column kernel (``_column_if``): a 3x3 stride-1 conv with the neuron runs a whole
+   output row per call. Each input column's three kernel rows are compressed into one list
+   once, and each active input adds its three weight rows (kx = 0, 1, 2) into the sums of the
+   three output pixels that column reaches, all in registers; after column ``c`` pixel
+   ``c - 2`` is complete and goes through ``_if_tail``. One list entry serves three vector
+   adds, and each input is found once per row instead of three times (spike_conv/README.md).
 
 Work per output neuron-step: one word per 64 receptive-field inputs plus ``ct / 8`` vector
 adds per active input (their count rounded up to ``unroll``); no current buffer is written
@@ -103,6 +109,52 @@ LIST_CAP = 8192
 # with the list the CPU has AVX-512's 32 vector registers: nv = 8 keeps 4 sets of 4 zmm);
 # without the list, 8 vectors keep one set (16 ymm registers on AVX2)
 WALK = {1: (4, 4), 2: (4, 4), 4: (4, 4), 8: (4, 4)} if COMPRESS else {1: (2, 2), 2: (2, 2), 4: (2, 2), 8: (2, 1)}
+
+
+
+def _compress_list(builder, lst, word_at, wrow, mask, nw, q, step):
+    """IR: the set bits of the ``nw`` words ``word_at(i)`` as one list of 16-bit entries at
+    ``lst``; returns its length (i64). Bit ``j`` of word ``i`` becomes ``(wrow[i] >> q) + step * j``
+    (``wrow``: the word's first weight row, in floats). Each half word's 32 lanes are compressed
+    into a register (``llvm.experimental.vector.compress``: ``vpcompressw`` with AVX-512 VBMI2)
+    and stored whole, so ``lst`` needs 32 entries of slack; a half with no valid bits in
+    ``mask[i]`` (a row of at most 32 inputs) is skipped, a branch the same for every pixel."""
+    i64, i16 = ir.IntType(64), ir.IntType(16)
+    v32i16, v32i1 = ir.VectorType(i16, 32), ir.VectorType(ir.IntType(1), 32)
+    squeeze = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(v32i16, [v32i16, v32i1, v32i16]), "llvm.experimental.vector.compress.v32i16")
+    lane0 = ir.Constant(ir.VectorType(ir.IntType(32), 32), [0] * 32)
+    n_var = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
+    with cgutils.for_range(builder, nw) as loop:
+        word = word_at(loop.index)
+        first = builder.trunc(builder.lshr(builder.load(builder.gep(wrow.data, [loop.index])), q), i16)
+        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v32i16, None), first, ir.Constant(
+            ir.IntType(32), 0)), ir.Constant(v32i16, None), lane0)
+        upper = builder.icmp_unsigned("!=", builder.lshr(builder.load(builder.gep(mask.data, [loop.index])),
+                                                          ir.Constant(i64, 32)), ir.Constant(i64, 0))
+        for half in range(2):
+            bits = builder.trunc(builder.lshr(word, ir.Constant(i64, 32 * half)), ir.IntType(32))
+            lanes = builder.add(splat, ir.Constant(v32i16, [step * j for j in range(32 * half, 32 * half + 32)]))
+
+            def store_half(bits=bits, lanes=lanes):
+                packed = builder.call(squeeze, [lanes, builder.bitcast(bits, v32i1), ir.Constant(v32i16, None)])
+                n = builder.load(n_var)
+                builder.store(packed, builder.bitcast(builder.gep(lst, [n]), v32i16.as_pointer()), align=2)
+                builder.store(builder.add(n, builder.zext(builder.ctpop(bits), i64)), n_var)
+
+            if half:
+                with builder.if_then(upper, likely=True):
+                    store_half()
+            else:
+                store_half()
+    return builder.load(n_var)
+
+
+def _pad_list(builder, lst, n, zero_entry, count):
+    """IR: ``count`` entries of the zero row after the list's ``n``: the last trip of an add
+    loop unrolled ``count`` times adds zeros instead of branching per input."""
+    for u in range(count):
+        builder.store(zero_entry, builder.gep(lst, [builder.add(n, ir.Constant(ir.IntType(64), u))]))
 
 
 def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool, neuron: bool = False):
@@ -192,30 +244,8 @@ def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool, neuron: boo
             # (q = log2(ct)), or, when every offset / 2 fits in 16 bits (``scaled``), offset / 2,
             # which the add loop reads as a byte offset / 8 (x86's scaled index: no shift per input)
             q = ir.Constant(i64, 1) if scaled else shift
-            n_var = cgutils.alloca_once_value(builder, zero)
-            v32i16, v32i1 = ir.VectorType(i16, 32), ir.VectorType(ir.IntType(1), 32)
-            squeeze = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(v32i16, [v32i16, v32i1, v32i16]),
-                "llvm.experimental.vector.compress.v32i16")
-            iota = ir.Constant(v32i16, list(range(32)))
-            lane0 = ir.Constant(ir.VectorType(ir.IntType(32), 32), [0] * 32)
-            with cgutils.for_range(builder, nw) as loop:
-                word = word_at(loop.index)
-                first = builder.trunc(builder.lshr(builder.load(builder.gep(wrow.data, [loop.index])), q), i16)
-                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v32i16, None), first, ir.Constant(
-                    ir.IntType(32), 0)), ir.Constant(v32i16, None), lane0)
-                for half in range(2):
-                    bits = builder.trunc(builder.lshr(word, ir.Constant(i64, 32 * half)), ir.IntType(32))
-                    step = 4 * nv if scaled else 1
-                    lanes = builder.add(splat, ir.Constant(v32i16, [step * j for j in range(32 * half, 32 * half + 32)]))
-                    packed = builder.call(squeeze, [lanes, builder.bitcast(bits, v32i1), ir.Constant(v32i16, None)])
-                    n = builder.load(n_var)
-                    builder.store(packed, builder.bitcast(builder.gep(lst, [n]), v32i16.as_pointer()), align=2)
-                    builder.store(builder.add(n, builder.zext(builder.ctpop(bits), i64)), n_var)
-            n = builder.load(n_var)
-            zero_idx = builder.trunc(builder.lshr(zero_row, q), i16)
-            for u in range(unroll):
-                builder.store(zero_idx, builder.gep(lst, [builder.add(n, ir.Constant(i64, u))]))
+            n = _compress_list(builder, lst, word_at, wrow, mask, nw, q, 4 * nv if scaled else 1)
+            _pad_list(builder, lst, n, builder.trunc(builder.lshr(zero_row, q), i16), unroll)
             trips = builder.udiv(builder.add(n, ir.Constant(i64, unroll - 1)), ir.Constant(i64, unroll))
             with cgutils.for_range(builder, trips) as loop:
                 first = builder.mul(loop.index, ir.Constant(i64, unroll))
@@ -265,7 +295,7 @@ IF_RES, IF_SB, IF_ZERO, IF_KEEP = 1, 2, 4, 8
 IF_RESBITS = 16
 
 
-def _if_tail(context, builder, sig, args, totals, lw):
+def _if_tail(context, builder, sig, args, totals, lw, offsets=None):
     """IR of the IF update of one output pixel from its receptive-field sums ``totals`` (``ct``
     channels as vectors of ``lw`` float32, still in registers), for ``_gather_if``.
 
@@ -277,6 +307,8 @@ def _if_tail(context, builder, sig, args, totals, lw):
     ``α``, ``β_t`` are the tile's first ``ct`` entries. The spike mask of the ``ct`` lanes is
     also the pixel's byte(s) of bits in ``_pack``'s layout: with IF_KEEP its first ``nbytes``
     bytes go to ``kept[koff:]``. Returns the pixel's spike count (popcount of the mask).
+    ``offsets``: IR values ``(voff, roff, koff)`` that replace those arguments (the column
+    kernel's pixels along a row).
     """
     i64, i8, f32 = ir.IntType(64), ir.IntType(8), ir.FloatType()
     vt = ir.VectorType(f32, lw)
@@ -287,6 +319,8 @@ def _if_tail(context, builder, sig, args, totals, lw):
     voff, roff, koff, nbytes, flags = (context.cast(builder, args[i], sig.args[i], types.int64)
                                        for i in (8, 14, 17, 18, 19))
     vr = context.cast(builder, args[20], sig.args[20], types.float32)
+    if offsets is not None:
+        voff, roff, koff = offsets
     rr_bytes = sig.args[13].dtype == types.uint8
 
     def flag(bit):
@@ -432,19 +466,150 @@ def _gather_if_codegen(context, builder, sig, args):
     pruning left one incref/decref pair per array argument per pixel there)."""
     inner = signature(sig.return_type, *sig.args[1:])
     nv = context.cast(builder, args[0], sig.args[0], types.int64)
-    count = cgutils.alloca_once(builder, ir.IntType(64))
-    done = builder.append_basic_block("gather_if.done")
-    blocks = {n: builder.append_basic_block(f"gather_if.nv{n}") for n in VECTORS}
+    return _switch_nv(builder, nv, lambda n: _gather_codegen(n, *WALK[n], COMPRESS, neuron=True)(
+        context, builder, inner, args[1:]))
+
+
+def _if_py(acc, vl, voff, th, bi, sc, sb, rr, roff, sp, kept, koff, nbytes, flags, vr, ct):
+    """Python twin of ``_if_tail`` (NUMBA_DISABLE_JIT runs): the IF update of one pixel's sums."""
+    x = acc + bi[:ct]
+    if flags & IF_RES:
+        if flags & IF_RESBITS:
+            r = np.unpackbits(rr[roff:roff + ct // 8], bitorder="little").astype(np.float32)
+        else:
+            r = rr[roff:roff + ct].astype(np.float32)
+        term = sc[:ct] * r
+        x = x + (sb[:ct] + term if flags & IF_SB else term)
+    elif flags & IF_SB:
+        x = x + sb[:ct]
+    vi = vl[voff:voff + ct] + x
+    spk = vi >= th[:ct]
+    vl[voff:voff + ct] = np.where(spk, np.float32(vr), vi) if flags & IF_ZERO else vi - np.where(
+        spk, th[:ct], np.float32(0))
+    sp[voff:voff + ct] = spk
+    if flags & IF_KEEP:
+        kept[koff:koff + nbytes] = np.packbits(spk, bitorder="little")[:nbytes]
+    return np.uint64(spk.sum())
+
+
+# independent sets of sums per output pixel of the column kernel, per nv (3 pixels' sums are
+# live: 3 * sets * nv / 2 zmm, at most 24 of AVX-512's 32)
+COLUMN_SETS = {1: 4, 2: 4, 4: 4, 8: 2}
+# whether 3x3 stride-1 layers take the column kernel (off: the per-pixel gather for every layer)
+COLUMN = True
+
+
+def _column_codegen(nv: int, sets: int):
+    """LLVM IR of ``_column_if`` for ``ct = 8 * nv`` channels: a whole output row of a 3x3,
+    stride-1 conv, sums and IF update.
+
+    The row's input columns are walked left to right. Column ``c`` (its three kernel rows, all
+    channels: the words of ``toff``/``wrow``/``mask`` from ``base + c * Cb``) is compressed into
+    one list of active inputs; entry ``e`` of the weight (``[3 * 8 * Cb + 1, 3, ct]``, kernel
+    row and channel, then the three kernel columns) holds the input's three weight rows, added
+    into the sums of output pixels ``c`` (kx = 0), ``c - 1`` (kx = 1) and ``c - 2`` (kx = 2),
+    all in registers. One list and one exit of the add loop serve three output pixels, and one
+    16-bit entry load serves three vector adds (the per-pixel gather loads one entry per add).
+    Input ``n`` of a column's list goes into set ``n % sets`` of each of the three pixels; the
+    list is padded to a whole trip with the zero entry. After column ``c`` the sums of pixel
+    ``c - 2`` are complete: pairwise over the sets, then ``_if_tail`` at that pixel's offsets
+    (``voff + ox * ct``, ``roff + ox * rstep``, ``koff + ox * kstep``), and the three pixels'
+    sums move down one place. Returns the row's spike count.
+    """
+    i64, i16 = ir.IntType(64), ir.IntType(16)
+    lw = 16 if nv % 2 == 0 else 8
+    nvec = 8 * nv // lw
+    ct = 8 * nv
+    vt = ir.VectorType(ir.FloatType(), lw)
+
+    def codegen(context, builder, sig, args):
+        pk_t, _, toff_t, wrow_t, mask_t, _, w_t = sig.args[:7]
+        pk = context.make_array(pk_t)(context, builder, args[0])
+        toff = context.make_array(toff_t)(context, builder, args[2])
+        wrow = context.make_array(wrow_t)(context, builder, args[3])
+        mask = context.make_array(mask_t)(context, builder, args[4])
+        w = context.make_array(w_t)(context, builder, args[6])
+        base, nw, voff, roff, koff = (context.cast(builder, args[i], sig.args[i], types.int64)
+                                      for i in (1, 5, 8, 14, 17))
+        rstep, kstep, Wo, Cb = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (21, 22, 23, 24))
+        zero_entry = builder.sub(cgutils.unpack_tuple(builder, w.shape, 1)[0], ir.Constant(i64, 3 * ct))
+        zero_idx = builder.trunc(builder.lshr(zero_entry, ir.Constant(i64, 1)), i16)
+        fzero = ir.Constant(vt, [0.0] * lw)
+        # sums[pos][set][k]: pos 0, 1, 2 = output pixels c, c - 1, c - 2 (allocas: mem2reg)
+        sums = [[[cgutils.alloca_once_value(builder, fzero) for _ in range(nvec)] for _ in range(sets)]
+                for _ in range(3)]
+        lst = cgutils.alloca_once(builder, i16, size=LIST_CAP + 32)
+        count = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
+        bytes_ = builder.bitcast(pk.data, ir.IntType(8).as_pointer())
+        with cgutils.for_range(builder, builder.add(Wo, ir.Constant(i64, 2))) as col:
+            c = col.index
+            cbase = builder.add(base, builder.mul(c, Cb))
+
+            def word_at(i):
+                p = builder.gep(bytes_, [builder.add(cbase, builder.load(builder.gep(toff.data, [i])))])
+                word = builder.load(builder.bitcast(p, i64.as_pointer()), align=1)
+                return builder.and_(word, builder.load(builder.gep(mask.data, [i])))
+
+            # entries: offset / 2 (floats), read as a byte offset / 8 (x86's scaled index)
+            n = _compress_list(builder, lst, word_at, wrow, mask, nw, ir.Constant(i64, 1), 12 * nv)
+            _pad_list(builder, lst, n, zero_idx, sets)
+            trips = builder.udiv(builder.add(n, ir.Constant(i64, sets - 1)), ir.Constant(i64, sets))
+            with cgutils.for_range(builder, trips) as loop:
+                first = builder.mul(loop.index, ir.Constant(i64, sets))
+                for u in range(sets):
+                    idx = builder.load(builder.gep(lst, [builder.add(first, ir.Constant(i64, u))]))
+                    row = builder.shl(builder.zext(idx, i64), ir.Constant(i64, 1))
+                    for pos in range(3):
+                        for k in range(nvec):
+                            src = builder.gep(w.data, [builder.add(row, ir.Constant(i64, pos * ct + lw * k))])
+                            val = builder.load(builder.bitcast(src, vt.as_pointer()), align=4)
+                            acc = sums[pos][u][k]
+                            builder.store(builder.fadd(builder.load(acc), val), acc)
+            with builder.if_then(builder.icmp_unsigned(">=", c, ir.Constant(i64, 2))):
+                ox = builder.sub(c, ir.Constant(i64, 2))
+                totals = []
+                for k in range(nvec):
+                    parts = [builder.load(sums[2][m][k]) for m in range(sets)]
+                    while len(parts) > 1:
+                        parts = [builder.fadd(parts[m], parts[m + 1]) for m in range(0, len(parts), 2)]
+                    totals.append(parts[0])
+                offsets = (builder.add(voff, builder.mul(ox, ir.Constant(i64, ct))),
+                           builder.add(roff, builder.mul(ox, rstep)), builder.add(koff, builder.mul(ox, kstep)))
+                spikes = _if_tail(context, builder, sig, args, totals, lw, offsets)
+                builder.store(builder.add(builder.load(count), spikes), count)
+            for m in range(sets):
+                for k in range(nvec):
+                    builder.store(builder.load(sums[1][m][k]), sums[2][m][k])
+                    builder.store(builder.load(sums[0][m][k]), sums[1][m][k])
+                    builder.store(fzero, sums[0][m][k])
+        return builder.load(count)
+
+    return codegen
+
+
+def _switch_nv(builder, nv, make):
+    """IR: ``make(n)`` (which emits the code for ``nv == n`` and returns an i64) for each ``n``
+    in VECTORS, chosen by a switch on the i64 ``nv``; returns the result of the one that ran."""
+    result = cgutils.alloca_once(builder, ir.IntType(64))
+    done = builder.append_basic_block("nv.done")
+    blocks = {n: builder.append_basic_block(f"nv{n}") for n in VECTORS}
     switch = builder.switch(nv, blocks[VECTORS[-1]])
     for n, block in blocks.items():
         if n != VECTORS[-1]:
             switch.add_case(ir.Constant(ir.IntType(64), n), block)
         builder.position_at_end(block)
-        unroll, sets = WALK[n]
-        builder.store(_gather_codegen(n, unroll, sets, COMPRESS, neuron=True)(context, builder, inner, args[1:]), count)
+        builder.store(make(n), result)
         builder.branch(done)
     builder.position_at_end(done)
-    return builder.load(count)
+    return builder.load(result)
+
+
+def _column_if_codegen(context, builder, sig, args):
+    """``_column_codegen(nv, COLUMN_SETS[nv])`` for each ``nv`` in VECTORS, by a switch on the
+    first argument (as ``_gather_if_codegen``)."""
+    inner = signature(sig.return_type, *sig.args[1:])
+    nv = context.cast(builder, args[0], sig.args[0], types.int64)
+    return _switch_nv(builder, nv, lambda n: _column_codegen(n, COLUMN_SETS[n])(context, builder, inner, args[1:]))
 
 
 if numba.config.DISABLE_JIT:
@@ -454,24 +619,34 @@ if numba.config.DISABLE_JIT:
         ct = 8 * nv
         acc = np.zeros(ct, np.float32)
         (_gather1, _gather2, _gather4, _gather8)[VECTORS.index(nv)](pk, base, toff, wrow, mask, nw, w, acc, 0)
-        x = acc + bi[:ct]
-        if flags & IF_RES:
-            if flags & IF_RESBITS:
-                r = np.unpackbits(rr[roff:roff + ct // 8], bitorder="little").astype(np.float32)
-            else:
-                r = rr[roff:roff + ct].astype(np.float32)
-            term = sc[:ct] * r
-            x = x + (sb[:ct] + term if flags & IF_SB else term)
-        elif flags & IF_SB:
-            x = x + sb[:ct]
-        vi = vl[voff:voff + ct] + x
-        spk = vi >= th[:ct]
-        vl[voff:voff + ct] = np.where(spk, np.float32(vr), vi) if flags & IF_ZERO else vi - np.where(
-            spk, th[:ct], np.float32(0))
-        sp[voff:voff + ct] = spk
-        if flags & IF_KEEP:
-            kept[koff:koff + nbytes] = np.packbits(spk, bitorder="little")[:nbytes]
-        return np.uint64(spk.sum())
+        return _if_py(acc, vl, voff, th, bi, sc, sb, rr, roff, sp, kept, koff, nbytes, flags, vr, ct)
+
+    def _column_if(nv, pk, base, toff, wrow, mask, nw, w, vl, voff, th, bi, sc, sb, rr, roff, sp, kept, koff, nbytes,
+                   flags, vr, rstep, kstep, Wo, Cb):
+        """Python twin of the intrinsic (NUMBA_DISABLE_JIT runs), in its summation order."""
+        ct, sets = 8 * nv, COLUMN_SETS[nv]
+        sums = [[np.zeros(ct, np.float32) for _ in range(sets)] for _ in range(3)]
+        count = np.uint64(0)
+        for c in range(Wo + 2):
+            n = 0
+            for i in range(nw):
+                o = base + c * Cb + toff[i]
+                word = int(np.frombuffer(pk[o:o + 8].tobytes(), np.uint64)[0]) & int(mask[i])
+                while word:
+                    e = wrow[i] + ((word & -word).bit_length() - 1) * 3 * ct
+                    for pos in range(3):
+                        sums[pos][n % sets] += w[e + pos * ct:e + (pos + 1) * ct]
+                    word &= word - 1
+                    n += 1
+            if c >= 2:
+                ox = c - 2
+                parts = sums[2]
+                while len(parts) > 1:
+                    parts = [parts[m] + parts[m + 1] for m in range(0, len(parts), 2)]
+                count += _if_py(parts[0], vl, voff + ox * ct, th, bi, sc, sb, rr, roff + ox * rstep, sp, kept,
+                                koff + ox * kstep, nbytes, flags, vr, ct)
+            sums = [[np.zeros(ct, np.float32) for _ in range(sets)], sums[0], sums[1]]
+        return count
 else:
     @intrinsic
     def _gather_if(typingctx, nv, pk, base, toff, wrow, mask, nw, w, vl, voff, th, bi, sc, sb, rr, roff, sp, kept,
@@ -481,6 +656,18 @@ else:
         sig = types.uint64(nv, pk, base, toff, wrow, mask, nw, w, vl, voff, th, bi, sc, sb, rr, roff, sp, kept, koff,
                            nbytes, flags, vr)
         return sig, _gather_if_codegen
+
+    @intrinsic
+    def _column_if(typingctx, nv, pk, base, toff, wrow, mask, nw, w, vl, voff, th, bi, sc, sb, rr, roff, sp, kept,
+                   koff, nbytes, flags, vr, rstep, kstep, Wo, Cb):
+        """Sums and IF update of a whole output row of a 3x3 stride-1 conv (``_column_codegen``)
+        for ``ct = 8 nv`` channels; the arguments of ``_gather_if`` (``base``, ``voff``, ``roff``,
+        ``koff`` those of the row's first pixel, the words those of one input column) and the
+        steps of ``roff`` and ``koff`` per pixel, the row's width and the input's bytes per
+        pixel. Returns the row's spike count."""
+        sig = types.uint64(nv, pk, base, toff, wrow, mask, nw, w, vl, voff, th, bi, sc, sb, rr, roff, sp, kept, koff,
+                           nbytes, flags, vr, rstep, kstep, Wo, Cb)
+        return sig, _column_if_codegen
 
 
 # border of the bits a neuron output is kept in (see _Packed): a 3x3 conv with padding 1 reads
@@ -789,7 +976,7 @@ def _pack(s, pk, H, W, Cb, Wp, ph, pw):
 @numba.njit(cache=True, fastmath=False, error_model="numpy")
 def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v, out,
                    out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron, sb,
-                   has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept):
+                   has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column):
     """Conv + IF of work item ``item`` (an image and a channel tile of ``ct = 8 nv``), T loop inside.
 
     ``pk [T, B, bytes]`` bits from ``_pack``; ``toff``/``wrow``/``mask`` per receptive-field
@@ -803,7 +990,9 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
     residual comes in channels-last once per step through ``res_words`` (``fast_res``), any
     other residual row by row. ``sb [T, Cout]`` (``has_sb``): the per-step bias, spread
     channels-last over a row once per step. ``origin``: byte offset of the first receptive
-    field's corner in ``pk``. The spike count goes to ``n_kept [item]``.
+    field's corner in ``pk``. The spike count goes to ``n_kept [item]``. ``column`` (a 3x3
+    stride-1 conv with the neuron): ``_column_if`` per output row instead of ``_gather_if`` per
+    pixel, ``toff``/``wrow``/``mask`` the words of one input column, ``wg`` in its layout.
     """
     T, B = pk.shape[:2]
     ct = 8 * nv
@@ -858,6 +1047,19 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
             if neuron:
                 # sum and IF per pixel (_if_tail), the spikes' bits straight to the kept layout
                 k_row = ((oy + KEEP_PAD) * Wk + KEEP_PAD) * Ck + c0 // 8
+                if column:
+                    base = oy * Wp * Cb + origin
+                    p = oy * Wo * ct
+                    if res_bits:
+                        n_out += _column_if(nv, pt, base, toff, wrow, mask, nw, wt, vl, p, th, bi, sc, sbr, rsrc, k_row,
+                                            sp, kt, k_row, k_bytes, flags, vr, Ck, Ck, Wo, Cb)
+                    elif fast_res or not has_res:
+                        n_out += _column_if(nv, pt, base, toff, wrow, mask, nw, wt, vl, p, th, bi, sc, sbr, rsrc, p,
+                                            sp, kt, k_row, k_bytes, flags, vr, ct, Ck, Wo, Cb)
+                    else:
+                        n_out += _column_if(nv, pt, base, toff, wrow, mask, nw, wt, vl, p, th, bi, sc, sbr, rr, 0,
+                                            sp, kt, k_row, k_bytes, flags, vr, ct, Ck, Wo, Cb)
+                    continue
                 for ox in range(Wo):
                     base = (oy * sy * Wp + ox * sx) * Cb + origin
                     p = oy * Wo + ox
@@ -892,7 +1094,7 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
 @numba.njit(parallel=True, cache=True)
 def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v, out,
                    out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron, sb,
-                   has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept):
+                   has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column):
     """``_gather_item`` for every (image, channel tile), in parallel.
 
     The item is a function of its own, not the body of the parallel loop. With the body in the
@@ -904,7 +1106,7 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
     for item in numba.prange(pk.shape[1] * n_tiles):
         _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v,
                      out, out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron,
-                     sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept)
+                     sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column)
 
 
 def _tables(kh: int, kw: int, Cb: int, Wp: int, ct: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -925,11 +1127,13 @@ def _tables(kh: int, kw: int, Cb: int, Wp: int, ct: int) -> tuple[np.ndarray, np
     return np.array(toff, np.int64), np.array(wrow, np.int64), np.array(mask, np.uint64)
 
 
-def weight_rows(weight: torch.Tensor, ct: int) -> np.ndarray:
+def weight_rows(weight: torch.Tensor, ct: int, column: bool = False) -> np.ndarray:
     """``weight [Cout, Cin, kh, kw]`` float32 -> rows ``[tiles, (kh * kw * 8 * Cb + 1) * ct]``, cached.
 
     Row ``(ky * kw + kx) * 8 * Cb + ci`` of tile ``i`` holds output channels ``i * ct ...``
     (zeros past Cout and for the padded input channels); the last row of each tile is zeros.
+    ``column`` (the column kernel's layout): entry ``ky * 8 * Cb + ci`` of ``kw * ct`` floats
+    holds the rows of ``kx = 0 .. kw - 1`` in turn, and the last entry is zeros.
     Rearranging a 512-channel 3x3 weight (9.4 MB) costs more than the convolution at 10% density, so the rows are kept
     for the next call with the same weight: keyed by storage address and shape, valid while
     the tensor's version counter is unchanged (every in-place torch op bumps it) and a
@@ -942,7 +1146,7 @@ def weight_rows(weight: torch.Tensor, ct: int) -> np.ndarray:
     sample = flat[::max(1, flat.shape[0] // 1024)]
     # inference tensors have no version counter: not cached
     cacheable = not weight.is_inference()
-    key = (weight.data_ptr(), tuple(weight.shape), ct)
+    key = (weight.data_ptr(), tuple(weight.shape), ct, column)
     with _weight_cache_lock:
         hit = _weight_cache.get(key) if cacheable else None
         if hit is not None and hit[1] == weight._version and np.array_equal(hit[2], sample):
@@ -954,10 +1158,14 @@ def weight_rows(weight: torch.Tensor, ct: int) -> np.ndarray:
     # numpy, not torch: see numba.py on torch's OpenMP threads
     wg = np.zeros((kh, kw, 8 * Cb, n_tiles * ct), np.float32)
     wg[:, :, :Cin, :Cout] = weight.numpy().transpose(2, 3, 1, 0)
-    rows = wg.reshape(-1, n_tiles, ct).transpose(1, 0, 2).reshape(n_tiles, -1)
-    # one zero row after each tile's rows: the bit walk adds it for a bit that is not set
-    wg = aligned_zeros((n_tiles, rows.shape[1] + ct))
-    wg[:, :-ct] = rows
+    rows = wg.reshape(-1, n_tiles, ct).transpose(1, 0, 2)
+    if column:
+        rows = rows.reshape(n_tiles, kh, kw, 8 * Cb, ct).transpose(0, 1, 3, 2, 4)
+    rows = rows.reshape(n_tiles, -1)
+    # one zero row (entry) after each tile's rows: the bit walk adds it for a bit that is not set
+    pad = kw * ct if column else ct
+    wg = aligned_zeros((n_tiles, rows.shape[1] + pad))
+    wg[:, :-pad] = rows
     if not cacheable:
         return wg
     with _weight_cache_lock:
@@ -966,6 +1174,15 @@ def weight_rows(weight: torch.Tensor, ct: int) -> np.ndarray:
         while total > WEIGHT_CACHE_BYTES and len(_weight_cache) > 1:
             total -= _weight_cache.popitem(last=False)[1][3].nbytes
     return wg
+
+
+def _column_fits(neuron: bool, kernel: tuple[int, int], stride: tuple[int, int], Cb: int, nv: int) -> bool:
+    """Whether a layer takes the column kernel (``_column_if``): COLUMN on, the list of active
+    inputs compiled in (COMPRESS), a 3x3 stride-1 conv with the neuron, a column's list within
+    LIST_CAP and every entry's offset / 2 within 16 bits."""
+    ct = 8 * nv
+    return (COLUMN and COMPRESS and neuron and tuple(kernel) == (3, 3) and tuple(stride) == (1, 1)
+            and 3 * 64 * -(-Cb // 8) <= LIST_CAP - COLUMN_SETS[nv] and 3 * 8 * Cb * 3 * ct // 2 <= 65535)
 
 
 def _vectors(Cout: int, B: int, threads: int) -> int:
@@ -1007,8 +1224,9 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     nv = _vectors(Cout, B, numba.get_num_threads())
     ct = 8 * nv
     n_tiles = -(-Cout // ct)
-    wg = weight_rows(weight, ct)
-    toff, wrow, mask = _tables(kh, kw, Cb, Wp, ct)
+    column = _column_fits(neuron, (kh, kw), stride, Cb, nv)
+    wg = weight_rows(weight, ct, column)
+    toff, wrow, mask = _tables(3, 1, Cb, Wp, 3 * ct) if column else _tables(kh, kw, Cb, Wp, ct)
     if neuron:
         buf, stage = spike_buffer(out)
         v_np = v.numpy()
@@ -1035,7 +1253,7 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias.numpy(), thr.numpy(),
                    rs.numpy(), v_np, out4, out_words, fast_out, _SPREAD, reset_zero, v_reset, res_np,
                    res is not None, res_words, fast_res, neuron, sb_np, step_bias is not None, origin, keep, bits,
-                   n_kept, write, res_kept is not None, rkept)
+                   n_kept, write, res_kept is not None, rkept, column)
     if stage is not None and write:
         out.copy_(stage)
     if keep:
