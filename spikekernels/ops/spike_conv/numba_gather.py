@@ -112,13 +112,14 @@ WALK = {1: (4, 4), 2: (4, 4), 4: (4, 4), 8: (4, 4)} if COMPRESS else {1: (2, 2),
 
 
 
-def _compress_list(builder, lst, word_at, wrow, mask, nw, q, step):
+def _compress_list(builder, lst, word_at, wrow, mask, nw, q, step, upper=None):
     """IR: the set bits of the ``nw`` words ``word_at(i)`` as one list of 16-bit entries at
     ``lst``; returns its length (i64). Bit ``j`` of word ``i`` becomes ``(wrow[i] >> q) + step * j``
     (``wrow``: the word's first weight row, in floats). Each half word's 32 lanes are compressed
     into a register (``llvm.experimental.vector.compress``: ``vpcompressw`` with AVX-512 VBMI2)
     and stored whole, so ``lst`` needs 32 entries of slack; a half with no valid bits in
-    ``mask[i]`` (a row of at most 32 inputs) is skipped, a branch the same for every pixel."""
+    ``mask[i]`` (a row of at most 32 inputs) is skipped, a branch the same for every pixel
+    (``upper``: an i1 that replaces that test)."""
     i64, i16 = ir.IntType(64), ir.IntType(16)
     v32i16, v32i1 = ir.VectorType(i16, 32), ir.VectorType(ir.IntType(1), 32)
     squeeze = cgutils.get_or_insert_function(
@@ -130,8 +131,9 @@ def _compress_list(builder, lst, word_at, wrow, mask, nw, q, step):
         first = builder.trunc(builder.lshr(builder.load(builder.gep(wrow.data, [loop.index])), q), i16)
         splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v32i16, None), first, ir.Constant(
             ir.IntType(32), 0)), ir.Constant(v32i16, None), lane0)
-        upper = builder.icmp_unsigned("!=", builder.lshr(builder.load(builder.gep(mask.data, [loop.index])),
-                                                          ir.Constant(i64, 32)), ir.Constant(i64, 0))
+        has_upper = upper if upper is not None else builder.icmp_unsigned(
+            "!=", builder.lshr(builder.load(builder.gep(mask.data, [loop.index])), ir.Constant(i64, 32)),
+            ir.Constant(i64, 0))
         for half in range(2):
             bits = builder.trunc(builder.lshr(word, ir.Constant(i64, 32 * half)), ir.IntType(32))
             lanes = builder.add(splat, ir.Constant(v32i16, [step * j for j in range(32 * half, 32 * half + 32)]))
@@ -143,7 +145,7 @@ def _compress_list(builder, lst, word_at, wrow, mask, nw, q, step):
                 builder.store(builder.add(n, builder.zext(builder.ctpop(bits), i64)), n_var)
 
             if half:
-                with builder.if_then(upper, likely=True):
+                with builder.if_then(has_upper, likely=True):
                     store_half()
             else:
                 store_half()
@@ -550,8 +552,25 @@ def _column_codegen(nv: int, sets: int):
                 word = builder.load(builder.bitcast(p, i64.as_pointer()), align=1)
                 return builder.and_(word, builder.load(builder.gep(mask.data, [i])))
 
+            def rows_merged(_):
+                # at most 16 channels (Cb <= 2): the column's three kernel rows of 8 Cb bits
+                # side by side in one word, bit ky * 8 Cb + ci (= the entry), compressed once
+                word = word_at(ir.Constant(i64, 0))
+                for ky in (1, 2):
+                    shift = builder.mul(Cb, ir.Constant(i64, 8 * ky))
+                    word = builder.or_(word, builder.shl(word_at(ir.Constant(i64, ky)), shift))
+                return word
+
             # entries: offset / 2 (floats), read as a byte offset / 8 (x86's scaled index)
-            n = _compress_list(builder, lst, word_at, wrow, mask, nw, ir.Constant(i64, 1), 12 * nv)
+            n_var = cgutils.alloca_once(builder, i64)
+            one = ir.Constant(i64, 1)
+            with builder.if_else(builder.icmp_unsigned("<=", Cb, ir.Constant(i64, 2))) as (merged, per_row):
+                with merged:
+                    builder.store(_compress_list(builder, lst, rows_merged, wrow, mask, one, one, 12 * nv,
+                                                 upper=builder.icmp_unsigned("==", Cb, ir.Constant(i64, 2))), n_var)
+                with per_row:
+                    builder.store(_compress_list(builder, lst, word_at, wrow, mask, nw, one, 12 * nv), n_var)
+            n = builder.load(n_var)
             _pad_list(builder, lst, n, zero_idx, sets)
             trips = builder.udiv(builder.add(n, ir.Constant(i64, sets - 1)), ir.Constant(i64, sets))
             with cgutils.for_range(builder, trips) as loop:
