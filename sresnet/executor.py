@@ -41,7 +41,8 @@ from .network import Layer, Network, Term
 BITS_BETWEEN_CONVS = True
 
 # target size of the largest intermediate of one chunk (larger tensors are fresh mmaps on
-# glibc and page-fault on each allocation, see DESIGN.md)
+# glibc and page-fault on each allocation, see DESIGN.md); a CPU inference run on the Numba
+# backend counts its spikes as 1 byte each (wide_chunks)
 CHUNK_BYTES = 32 * 2 ** 20
 
 
@@ -138,11 +139,31 @@ def ceil_mode_pad(pool: dict, hw: tuple) -> tuple | None:
     return (0, extra[1], 0, extra[0]) if any(extra) else None
 
 
-def default_chunk(net: Network, batch: int, hw: tuple) -> int:
-    """Time steps per chunk so that the largest float32 intermediate stays near 32 MiB."""
+def default_chunk(net: Network, batch: int, hw: tuple, itemsize: int = 4) -> int:
+    """Time steps per chunk so that the largest intermediate stays near CHUNK_BYTES (32 MiB):
+    ``itemsize`` bytes per neuron-step of the widest layer (4: float32 spikes or currents; 1:
+    see :func:`wide_chunks`)."""
     area = hw[0] * hw[1] / max(1, net.input_shape[1] * net.input_shape[2])
     widest = max([l.neurons for l in net.layers] + [1]) * max(area, 1e-9)
-    return max(1, int(CHUNK_BYTES // (4 * batch * widest)))
+    return max(1, int(CHUNK_BYTES // (itemsize * batch * widest)))
+
+
+def wide_chunks(net: Network, backend: str | None, device: torch.device, train: bool) -> bool:
+    """Whether a run's largest per-step intermediates are uint8 spikes (1 byte per neuron-step):
+    inference on the CPU with the Numba backend and no signed layer (their spikes are float32).
+    Its spiking convs' currents never leave the kernel (the gather kernels) or leave it in
+    chunks of at most 8 MiB (the dense path), and an average pool's float32 output is no
+    larger than its uint8 input. Four times the steps per chunk then cost no more memory than
+    the float32 rule and cut the per-call overhead: ResNet-20, T=128, B=32, chunks of 64 steps
+    instead of 16 ran 1.16x faster, with the same results (bench/RESULTS.md "Session 11")."""
+    if train or device.type != "cpu" or any(getattr(l.neuron, "kind", None) == "signed" for l in net.layers):
+        return False
+    from spikekernels import _dispatch
+
+    try:
+        return _dispatch.choose("spike_conv2d", device, backend) == "numba"
+    except RuntimeError:
+        return False
 
 
 class Executor:
@@ -362,9 +383,10 @@ class Executor:
         """
         net = self.net
         B = images.shape[0]
-        chunk = min(T, chunk or default_chunk(net, B, tuple(images.shape[2:])))
-        n = len(net.layers)
         dev = images.device
+        itemsize = 1 if wide_chunks(net, self.backend, dev, self.train) else 4
+        chunk = min(T, chunk or default_chunk(net, B, tuple(images.shape[2:]), itemsize))
+        n = len(net.layers)
         states = [None] * n
         counts = torch.zeros(n, dtype=torch.int64, device=dev)
         neurons = [0] * n

@@ -141,7 +141,9 @@ class SpikingNetwork(nn.Module):
             timesteps: T >= 1.
             per_step: return the readout after every step ``[T, B, classes]`` (one run gives
                 the accuracy at every T' <= T) instead of after the last ``[B, classes]``.
-            chunk: time steps simulated together (default: largest intermediate ~32 MiB).
+            chunk: time steps simulated together (default: largest intermediate ~32 MiB,
+                :func:`sresnet.executor.default_chunk`; uint8 spikes count 1 byte in a CPU
+                inference run on the Numba backend, :func:`sresnet.executor.wide_chunks`).
                 Results do not depend on it.
             backend: spikekernels backend for every op ("auto", "reference", "numba", "triton").
             return_stats: also return the spike statistics (also kept in ``self.last_stats``).

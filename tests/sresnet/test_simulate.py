@@ -122,11 +122,47 @@ def test_input_errors():
 
 
 def test_default_chunk_bounds_memory():
+    from sresnet.executor import default_chunk
+
     model = make("tiny_A_functional")
     snn = sresnet.convert(model, _images(8, 8), compensation=None)
     c = snn.default_chunk(32, (8, 8))
     widest = max(l.neurons for l in snn.layers)
     assert c * 32 * widest * 4 <= 32 * 2 ** 20 < (c + 1) * 32 * widest * 4
+    c1 = default_chunk(snn.network, 32, (8, 8), itemsize=1)
+    assert c1 * 32 * widest <= 32 * 2 ** 20 < (c1 + 1) * 32 * widest
+
+
+def test_wide_chunks_only_where_spikes_are_the_largest_intermediates(monkeypatch):
+    """Chunks 4x as long (uint8 spikes counted 1 byte) only for CPU inference on the Numba
+    backend without signed layers; and the default run then uses them."""
+    pytest.importorskip("numba")
+    from sresnet import executor
+
+    cpu = torch.device("cpu")
+    snn = sresnet.convert(make("cifarA"), _images(16, 16, seed=2), compensation=None)
+    net = snn.network
+    assert executor.wide_chunks(net, None, cpu, train=False)
+    assert executor.wide_chunks(net, "numba", cpu, train=False)
+    assert not executor.wide_chunks(net, "reference", cpu, train=False)
+    assert not executor.wide_chunks(net, None, cpu, train=True)
+    signed = sresnet.convert(make("cifarA"), _images(16, 16, seed=2), compensation=None, method="s-resnet",
+                             neuron="signed")
+    assert not executor.wide_chunks(signed.network, None, cpu, train=False)
+    seen = []
+    real = executor.Executor.run_layer
+
+    def spy(self, i, outs, steps, *args, **kw):
+        seen.append(steps)
+        return real(self, i, outs, steps, *args, **kw)
+
+    monkeypatch.setattr(executor.Executor, "run_layer", spy)
+    monkeypatch.setattr(executor, "CHUNK_BYTES", 16 * 2 * max(l.neurons for l in net.layers))
+    snn(_images(2, 16), timesteps=64)
+    assert max(seen) == 16  # 1 byte per neuron-step: 16 steps of 2 images fit, not 4
+    seen.clear()
+    snn(_images(2, 16), timesteps=64, backend="reference")
+    assert max(seen) == 4
 
 
 def test_module_to_moves_weights():
