@@ -271,6 +271,32 @@ def test_non_binary_input_takes_the_scatter_kernel(monkeypatch, dtype):
     assert scatter == [1]
 
 
+def _emulate(s, w, b, padding, sets, order):
+    """A current ``[T, B, Cout, H', W']`` (stride 1) emulated in numpy: per output pixel,
+    ``order(active)`` yields ``(set, ci, ky, kx)`` for its active inputs in the kernel's order
+    (``active(ci, ky, kx)``: whether that input of the pixel's field spikes); each set of sums
+    adds its weights in that order, the sets are added pairwise, then the bias."""
+    import numpy as np
+
+    T, B = s.shape[:2]
+    Cout = w.shape[0]
+    sp = np.pad(s.numpy(), ((0, 0), (0, 0), (0, 0), (padding, padding), (padding, padding)))
+    wn, bn = w.numpy(), b.numpy()
+    Ho, Wo = sp.shape[3] - w.shape[2] + 1, sp.shape[4] - w.shape[3] + 1
+    out = np.zeros((T, B, Cout, Ho, Wo), np.float32)
+    for t in range(T):
+        for i in range(B):
+            for oy in range(Ho):
+                for ox in range(Wo):
+                    parts = [np.zeros(Cout, np.float32) for _ in range(sets)]
+                    for m, ci, ky, kx in order(lambda ci, ky, kx: sp[t, i, ci, oy + ky, ox + kx]):
+                        parts[m] += wn[:, ci, ky, kx]
+                    while len(parts) > 1:
+                        parts = [parts[m] + parts[m + 1] for m in range(0, len(parts), 2)]
+                    out[t, i, :, oy, ox] = parts[0] + bn
+    return torch.from_numpy(out)
+
+
 def _gather_order_current(s, w, b, padding, nv):
     """The gather kernel's current, emulated in numpy in its documented float32 order.
 
@@ -279,37 +305,26 @@ def _gather_order_current(s, w, b, padding, nv):
     active-input list is not used) goes to set ``(n % unroll) % sets``; each set is summed in
     order, the sets are added pairwise, then the bias.
     """
-    import numpy as np
-
-    T, B, Cin, H, W = s.shape
-    Cout, _, kh, kw = w.shape
+    Cin = s.shape[2]
+    _, _, kh, kw = w.shape
     unroll, sets = numba_gather.WALK[nv]
     run = kw * 8 * (-(-Cin // 8))
     nw = kh * -(-run // 64)
     per_pixel = numba_gather.COMPRESS and nw * 64 <= numba_gather.LIST_CAP - unroll
-    sp = np.pad(s.numpy(), ((0, 0), (0, 0), (0, 0), (padding, padding), (padding, padding)))
-    wn, bn = w.numpy(), b.numpy()
-    Ho, Wo = H + 2 * padding - kh + 1, W + 2 * padding - kw + 1
-    out = np.zeros((T, B, Cout, Ho, Wo), np.float32)
-    for t in range(T):
-        for i in range(B):
-            for oy in range(Ho):
-                for ox in range(Wo):
-                    parts = [np.zeros(Cout, np.float32) for _ in range(sets)]
-                    n, word = 0, None
-                    for ky in range(kh):
-                        for kx in range(kw):
-                            for ci in range(Cin):
-                                bit = kx * 8 * (-(-Cin // 8)) + ci
-                                if not per_pixel and (ky, bit // 64) != word:
-                                    n, word = 0, (ky, bit // 64)
-                                if sp[t, i, ci, oy + ky, ox + kx]:
-                                    parts[(n % unroll) % sets] += wn[:, ci, ky, kx]
-                                    n += 1
-                    while len(parts) > 1:
-                        parts = [parts[m] + parts[m + 1] for m in range(0, len(parts), 2)]
-                    out[t, i, :, oy, ox] = parts[0] + bn
-    return torch.from_numpy(out)
+
+    def order(active):
+        n, word = 0, None
+        for ky in range(kh):
+            for kx in range(kw):
+                for ci in range(Cin):
+                    bit = kx * 8 * (-(-Cin // 8)) + ci
+                    if not per_pixel and (ky, bit // 64) != word:
+                        n, word = 0, (ky, bit // 64)
+                    if active(ci, ky, kx):
+                        yield (n % unroll) % sets, ci, ky, kx
+                        n += 1
+
+    return _emulate(s, w, b, padding, sets, order)
 
 
 @pytest.mark.parametrize("Cin,Cout", [(9, 12), (40, 12), (600, 32), (1030, 12)],
@@ -350,31 +365,19 @@ def _column_order_current(s, w, b, padding, nv):
     input-channel order, and the ``n``-th of the column goes to set ``n % sets``; each set is
     summed in that order, the sets are added pairwise, then the bias.
     """
-    import numpy as np
-
-    T, B, Cin, H, W = s.shape
-    Cout = w.shape[0]
+    Cin = s.shape[2]
     sets = numba_gather.COLUMN_SETS[nv]
-    sp = np.pad(s.numpy(), ((0, 0), (0, 0), (0, 0), (padding, padding), (padding, padding)))
-    wn, bn = w.numpy(), b.numpy()
-    Ho, Wo = H + 2 * padding - 2, W + 2 * padding - 2
-    out = np.zeros((T, B, Cout, Ho, Wo), np.float32)
-    for t in range(T):
-        for i in range(B):
-            for oy in range(Ho):
-                for ox in range(Wo):
-                    parts = [np.zeros(Cout, np.float32) for _ in range(sets)]
-                    for kx in range(3):
-                        n = 0
-                        for ky in range(3):
-                            for ci in range(Cin):
-                                if sp[t, i, ci, oy + ky, ox + kx]:
-                                    parts[n % sets] += wn[:, ci, ky, kx]
-                                    n += 1
-                    while len(parts) > 1:
-                        parts = [parts[m] + parts[m + 1] for m in range(0, len(parts), 2)]
-                    out[t, i, :, oy, ox] = parts[0] + bn
-    return torch.from_numpy(out)
+
+    def order(active):
+        for kx in range(3):
+            n = 0
+            for ky in range(3):
+                for ci in range(Cin):
+                    if active(ci, ky, kx):
+                        yield n % sets, ci, ky, kx
+                        n += 1
+
+    return _emulate(s, w, b, padding, sets, order)
 
 
 @pytest.mark.skipif(not numba_gather.COMPRESS, reason="the column kernel needs AVX-512 VBMI2 (vpcompressw)")

@@ -112,6 +112,12 @@ WALK = {1: (4, 4), 2: (4, 4), 4: (4, 4), 8: (4, 4)} if COMPRESS else {1: (2, 2),
 
 
 
+def _word_arrays(context, builder, sig, args):
+    """The arrays ``pk``, ``toff``, ``wrow``, ``mask``, ``w`` of a gather intrinsic's arguments
+    (positions 0, 2, 3, 4, 6), as Numba array structures."""
+    return tuple(context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 2, 3, 4, 6))
+
+
 def _compress_list(builder, lst, word_at, wrow, mask, nw, q, step, upper=None):
     """IR: the set bits of the ``nw`` words ``word_at(i)`` as one list of 16-bit entries at
     ``lst``; returns its length (i64). Bit ``j`` of word ``i`` becomes ``(wrow[i] >> q) + step * j``
@@ -181,12 +187,7 @@ def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool, neuron: boo
     shift = ir.Constant(i64, (8 * nv).bit_length() - 1)
 
     def codegen(context, builder, sig, args):
-        pk_t, _, toff_t, wrow_t, mask_t, _, w_t = sig.args[:7]
-        pk = context.make_array(pk_t)(context, builder, args[0])
-        toff = context.make_array(toff_t)(context, builder, args[2])
-        wrow = context.make_array(wrow_t)(context, builder, args[3])
-        mask = context.make_array(mask_t)(context, builder, args[4])
-        w = context.make_array(w_t)(context, builder, args[6])
+        pk, toff, wrow, mask, w = _word_arrays(context, builder, sig, args)
         base = context.cast(builder, args[1], sig.args[1], types.int64)
         nw = context.cast(builder, args[5], sig.args[5], types.int64)
         zero_row = builder.sub(cgutils.unpack_tuple(builder, w.shape, 1)[0], ir.Constant(i64, 8 * nv))
@@ -525,12 +526,7 @@ def _column_codegen(nv: int, sets: int):
     vt = ir.VectorType(ir.FloatType(), lw)
 
     def codegen(context, builder, sig, args):
-        pk_t, _, toff_t, wrow_t, mask_t, _, w_t = sig.args[:7]
-        pk = context.make_array(pk_t)(context, builder, args[0])
-        toff = context.make_array(toff_t)(context, builder, args[2])
-        wrow = context.make_array(wrow_t)(context, builder, args[3])
-        mask = context.make_array(mask_t)(context, builder, args[4])
-        w = context.make_array(w_t)(context, builder, args[6])
+        pk, toff, wrow, mask, w = _word_arrays(context, builder, sig, args)
         base, nw, voff, roff, koff = (context.cast(builder, args[i], sig.args[i], types.int64)
                                       for i in (1, 5, 8, 14, 17))
         rstep, kstep, Wo, Cb = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (21, 22, 23, 24))
