@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import threading
 import weakref
 from collections import OrderedDict
@@ -104,12 +105,22 @@ def _host_compresses() -> bool:
 COMPRESS = _host_compresses()
 # entries of that list (16-bit row indices); larger receptive fields take the bit walk
 LIST_CAP = 8192
+# weight floats of a tile whose offsets / 2 all fit a 16-bit list entry (read as a byte offset
+# / 8 with x86's scaled index, no shift per input); larger tiles list row indices
+SCALED_FLOATS = 2 * 65535
 # per accumulator width nv: (active inputs added per trip of the add loop, independent sets of
 # sums), measured on ResNet-20/18 layer shapes (bench/RESULTS.md "Session 6" and "Session 7";
 # with the list the CPU has AVX-512's 32 vector registers: nv = 8 keeps 4 sets of 4 zmm);
 # without the list, 8 vectors keep one set (16 ymm registers on AVX2)
 WALK = {1: (4, 4), 2: (4, 4), 4: (4, 4), 8: (4, 4)} if COMPRESS else {1: (2, 2), 2: (2, 2), 4: (2, 2), 8: (2, 1)}
 
+
+def _pairwise(parts: list, add):
+    """The sets of sums added pairwise, ``(s0 + s1) + (s2 + s3)``, the kernels' order (``add``:
+    the IR builder's ``fadd`` or the Python twins' ``+``)."""
+    while len(parts) > 1:
+        parts = [add(parts[m], parts[m + 1]) for m in range(0, len(parts), 2)]
+    return parts[0]
 
 
 def _word_arrays(context, builder, sig, args):
@@ -262,7 +273,7 @@ def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool, neuron: boo
             fits = builder.icmp_unsigned("<=", builder.mul(nw, ir.Constant(i64, 64)),
                                          ir.Constant(i64, LIST_CAP - unroll))
             small = builder.icmp_unsigned("<=", cgutils.unpack_tuple(builder, w.shape, 1)[0],
-                                          ir.Constant(i64, 2 * 65535))
+                                          ir.Constant(i64, SCALED_FLOATS))
             with builder.if_else(fits) as (then, otherwise):
                 with then:
                     with builder.if_else(small) as (then_small, otherwise_small):
@@ -274,12 +285,7 @@ def _gather_codegen(nv: int, unroll: int, sets: int, compress: bool, neuron: boo
                     walk_words()
         else:
             walk_words()
-        totals = []
-        for k in range(nvec):
-            parts = [builder.load(sums[m][k]) for m in range(sets)]
-            while len(parts) > 1:
-                parts = [builder.fadd(parts[m], parts[m + 1]) for m in range(0, len(parts), 2)]
-            totals.append(parts[0])
+        totals = [_pairwise([builder.load(sums[m][k]) for m in range(sets)], builder.fadd) for k in range(nvec)]
         if neuron:
             return _if_tail(context, builder, sig, args, totals, lw)
         acc = context.make_array(sig.args[7])(context, builder, args[7])
@@ -427,9 +433,7 @@ def _make_gather(nv: int):
                     totals[(n % unroll) % sets] += w[r:r + ct]
                     word &= word - 1
                     n += 1
-            while len(totals) > 1:
-                totals = [totals[m] + totals[m + 1] for m in range(0, len(totals), 2)]
-            acc[aoff:aoff + ct] = totals[0]
+            acc[aoff:aoff + ct] = _pairwise(totals, operator.add)
 
         return gather_py
 
@@ -582,12 +586,8 @@ def _column_codegen(nv: int, sets: int):
                             builder.store(builder.fadd(builder.load(acc), val), acc)
             with builder.if_then(builder.icmp_unsigned(">=", c, ir.Constant(i64, 2))):
                 ox = builder.sub(c, ir.Constant(i64, 2))
-                totals = []
-                for k in range(nvec):
-                    parts = [builder.load(sums[2][m][k]) for m in range(sets)]
-                    while len(parts) > 1:
-                        parts = [builder.fadd(parts[m], parts[m + 1]) for m in range(0, len(parts), 2)]
-                    totals.append(parts[0])
+                totals = [_pairwise([builder.load(sums[2][m][k]) for m in range(sets)], builder.fadd)
+                          for k in range(nvec)]
                 offsets = (builder.add(voff, builder.mul(ox, ir.Constant(i64, ct))),
                            builder.add(roff, builder.mul(ox, rstep)), builder.add(koff, builder.mul(ox, kstep)))
                 spikes = _if_tail(context, builder, sig, args, totals, lw, offsets)
@@ -655,10 +655,7 @@ if numba.config.DISABLE_JIT:
                     n += 1
             if c >= 2:
                 ox = c - 2
-                parts = sums[2]
-                while len(parts) > 1:
-                    parts = [parts[m] + parts[m + 1] for m in range(0, len(parts), 2)]
-                count += _if_py(parts[0], vl, voff + ox * ct, th, bi, sc, sb, rr, roff + ox * rstep, sp, kept,
+                count += _if_py(_pairwise(sums[2], operator.add), vl, voff + ox * ct, th, bi, sc, sb, rr, roff + ox * rstep, sp, kept,
                                 koff + ox * kstep, nbytes, flags, vr, ct)
             sums = [[np.zeros(ct, np.float32) for _ in range(sets)], sums[0], sums[1]]
         return count
@@ -1205,7 +1202,7 @@ def _column_fits(neuron: bool, kernel: tuple[int, int], stride: tuple[int, int],
     LIST_CAP and every entry's offset / 2 within 16 bits."""
     ct = 8 * nv
     return (COLUMN and COMPRESS and neuron and tuple(kernel) == (3, 3) and tuple(stride) == (1, 1)
-            and 3 * 64 * -(-Cb // 8) <= LIST_CAP - COLUMN_SETS[nv] and 3 * 8 * Cb * 3 * ct // 2 <= 65535)
+            and 3 * 64 * -(-Cb // 8) <= LIST_CAP - COLUMN_SETS[nv] and 3 * 8 * Cb * 3 * ct <= SCALED_FLOATS)
 
 
 def _vectors(Cout: int, B: int, threads: int) -> int:

@@ -26,7 +26,7 @@ def aligned_zeros(shape: tuple[int, ...], dtype=np.float32, align: int = 64) -> 
 
     numpy's allocations start 16 bytes past a boundary as often as not; a kernel's 64-byte
     vector loads from such an array straddle two cache lines. The gather kernel's weight rows
-    from an aligned array ran 1.2-1.7x faster on ResNet-20/18's 32-128 channel layers
+    from an aligned array ran 1.2-1.6x faster on ResNet-20/18's 32-128 channel layers
     (bench/RESULTS.md "Session 11").
     """
     dtype = np.dtype(dtype)
