@@ -142,7 +142,9 @@ def ceil_mode_pad(pool: dict, hw: tuple) -> tuple | None:
 def default_chunk(net: Network, batch: int, hw: tuple, itemsize: int = 4) -> int:
     """Time steps per chunk so that the largest intermediate stays near CHUNK_BYTES (32 MiB):
     ``itemsize`` bytes per neuron-step of the widest layer (4: float32 spikes or currents; 1:
-    see :func:`wide_chunks`)."""
+    see :func:`wide_chunks`). ValueError for an ``itemsize`` that is not a positive int."""
+    if isinstance(itemsize, bool) or not isinstance(itemsize, int) or itemsize < 1:
+        raise ValueError(f"default_chunk: itemsize={itemsize!r}; accepted: bytes per neuron-step, an int >= 1")
     area = hw[0] * hw[1] / max(1, net.input_shape[1] * net.input_shape[2])
     widest = max([l.neurons for l in net.layers] + [1]) * max(area, 1e-9)
     return max(1, int(CHUNK_BYTES // (itemsize * batch * widest)))

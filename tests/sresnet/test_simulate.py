@@ -131,6 +131,9 @@ def test_default_chunk_bounds_memory():
     assert c * 32 * widest * 4 <= 32 * 2 ** 20 < (c + 1) * 32 * widest * 4
     c1 = default_chunk(snn.network, 32, (8, 8), itemsize=1)
     assert c1 * 32 * widest <= 32 * 2 ** 20 < (c1 + 1) * 32 * widest
+    for bad in (0, -4, 2.0, True):
+        with pytest.raises(ValueError, match="itemsize"):
+            default_chunk(snn.network, 32, (8, 8), itemsize=bad)
 
 
 def test_wide_chunks_only_where_spikes_are_the_largest_intermediates(monkeypatch):
