@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -507,3 +508,42 @@ def test_weight_rows_start_on_a_cache_line(Cout, Cin, ct):
     expected = wpad.reshape(n_tiles, ct, 8 * Cb, 9).transpose(0, 3, 2, 1).reshape(n_tiles, 9 * 8 * Cb, ct)
     assert np.array_equal(rows[:, :-1], expected)
     assert not rows[:, -1].any()
+
+
+def _bits_numpy(s, ph, pw):
+    """``_pack``'s layout built with numpy: bit ``c % 8`` of byte ``((y + ph) * Wp + x + pw) * Cb
+    + c // 8`` is ``s[item, c, y, x] != 0``; the padding and the 8 bytes of slack are zeros."""
+    TB, C, H, W = s.shape
+    Cb, Hp, Wp = -(-C // 8), H + 2 * ph, W + 2 * pw
+    planes = np.zeros((TB, 8 * Cb, H, W), np.uint8)
+    planes[:, :C] = s != 0
+    groups = np.packbits(planes.reshape(TB, Cb, 8, H, W), axis=2, bitorder="little")[:, :, 0]
+    pk = np.zeros((TB, Hp, Wp, Cb), np.uint8)
+    pk[:, ph:ph + H, pw:pw + W] = groups.transpose(0, 2, 3, 1)
+    return np.concatenate([pk.reshape(TB, -1), np.zeros((TB, 8), np.uint8)], axis=1)
+
+
+# (Cin, H, W): uint8 words of 8 pixels in planes (8x8, 32x16) and channel by channel (4x4),
+# words of 4 pixels (2x2, 14x14 in planes), single bytes (1x1, 7x7, 3x5); float32 planes of
+# pixels (4 or more) or pixel by pixel (1x1, 1x3); channels not a multiple of 8
+PACK_SHAPES = [(16, 8, 8), (3, 32, 16), (64, 4, 4), (20, 2, 2), (9, 14, 14), (512, 1, 1), (13, 7, 7), (8, 3, 5),
+               (40, 1, 3)]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("Cin,H,W", PACK_SHAPES, ids=[f"{c}ch-{h}x{w}" for c, h, w in PACK_SHAPES])
+@pytest.mark.parametrize("ph,pw", [(0, 0), (1, 1), (2, 1)])
+def test_pack_matches_numpy(dtype, Cin, H, W, ph, pw):
+    """Every loop form of ``_pack`` (words of 8 / 4 / 1 pixels, planes or channel by channel,
+    float32 planes or pixel by pixel) against numpy's packbits; a value other than 0/1 at
+    any place is reported."""
+    rng = np.random.default_rng(Cin * H * W + ph)
+    s = (rng.random((6, Cin, H, W)) < 0.3).astype(dtype)
+    Cb, Wp = -(-Cin // 8), W + 2 * pw
+    pk = np.full((6, (H + 2 * ph) * Wp * Cb + 8), 0xAA, np.uint8)
+    assert not numba_gather._pack(s.reshape(6, Cin, H * W), pk, H, W, Cb, Wp, ph, pw)
+    np.testing.assert_array_equal(pk, _bits_numpy(s, ph, pw))
+    for item, c, y, x in [(0, 0, 0, 0), (5, Cin - 1, H - 1, W - 1), (3, Cin // 2, H // 2, W - 1)]:
+        bad = s.copy()
+        bad[item, c, y, x] = 2 if dtype == np.uint8 else 0.5
+        assert numba_gather._pack(bad.reshape(6, Cin, H * W), pk, H, W, Cb, Wp, ph, pw), (item, c, y, x)
