@@ -547,3 +547,62 @@ def test_pack_matches_numpy(dtype, Cin, H, W, ph, pw):
         bad = s.copy()
         bad[item, c, y, x] = 2 if dtype == np.uint8 else 0.5
         assert numba_gather._pack(bad.reshape(6, Cin, H * W), pk, H, W, Cb, Wp, ph, pw), (item, c, y, x)
+
+
+# (H, W, k, stride, padding, Cin): 1x1 and 2x2 images under a 3x3 field, stride 2, a wide
+# padding, channels sharing a word across taps (Cin < 64) and not (Cin = 128)
+TABLE_CASES = [(1, 1, 3, 1, 1, 512), (2, 2, 3, 1, 1, 256), (2, 2, 3, 2, 1, 256), (5, 4, 3, 2, 1, 16),
+               (4, 4, 3, 1, 2, 128), (3, 6, 1, 2, 0, 64), (7, 5, 3, 1, 1, 9)]
+
+
+@pytest.mark.parametrize("H,W,k,stride,padding,Cin", TABLE_CASES, ids=[str(c) for c in TABLE_CASES])
+def test_tables_leave_out_only_words_in_the_padding(H, W, k, stride, padding, Cin):
+    """Each output pixel's class table is the whole field's words, in their order, less words
+    whose bits all lie in the padding (where ``_pack`` writes zeros)."""
+    Cb = -(-Cin // 8)
+    Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+    Wp = W + 2 * padding
+    geometry = (Ho, Wo, stride, stride, padding, padding, H, W)
+    full = numba_gather._tables(k, k, Cb, Wp, 8, geometry, False)
+    toff, wrow, mask, nws, cls_y, cls_x = numba_gather._tables(k, k, Cb, Wp, 8, geometry)
+    assert full[3].tolist() == [full[0].shape[1]]
+    words = list(zip(full[0][0].tolist(), full[1][0].tolist()))
+    dropped_any = False
+    for oy in range(Ho):
+        for ox in range(Wo):
+            c = cls_y[oy] * (cls_x.max() + 1) + cls_x[ox]
+            kept = list(zip(toff[c, :nws[c]].tolist(), wrow[c, :nws[c]].tolist()))
+            assert kept == [w for w in words if w in kept], "the kept words changed order"
+            for i, word in enumerate(words):
+                if word in kept:
+                    continue
+                dropped_any = True
+                for j in range(64):
+                    if not int(full[2][0, i]) >> j & 1:
+                        continue
+                    row = full[1][0, i] // 8 + j  # weight row = (ky * kw + kx) * 8 Cb + ci
+                    ky, kx = divmod(row // (8 * Cb), k)
+                    y, x = oy * stride + ky - padding, ox * stride + kx - padding
+                    assert not (0 <= y < H and 0 <= x < W), f"pixel {(oy, ox)} dropped an input in the image"
+    assert dropped_any == (padding > 0), "a padded field should drop a word somewhere, an unpadded one none"
+    if (H, W, Cin) == (1, 1, 512):
+        assert nws.tolist() == [8], "a 3x3 field on a 1x1 image reads only the centre's 8 words"
+
+
+def test_tile_major_order_changes_nothing(monkeypatch):
+    """Work items in tile-major order (layers with large weights) give the same spikes,
+    membrane and kept bits, bit for bit, as image-major order."""
+    monkeypatch.setenv("SPIKEKERNELS_CONV_DENSE_DENSITY", "1.0")
+    g = torch.Generator().manual_seed(5)
+    s = (torch.rand(3, 2, 24, 6, 6, generator=g) < 0.2).to(torch.uint8)
+    w = torch.randn(40, 24, 3, 3, generator=g) * 0.3
+    # two images, two tiles (the second partial) on two threads: the orders differ
+    assert -(-40 // (8 * numba_gather._vectors(40, 2, 2))) > 1
+    runs = []
+    for limit in (2**40, 0):
+        monkeypatch.setattr(numba_gather, "TILE_MAJOR_BYTES", limit)
+        out, v = sk.spike_conv2d(s, w, stride=2, padding=1, threshold=0.7, backend="numba", return_state=True)
+        runs.append((out, v, numba_gather.recall(out).pk.copy()))
+    for a, b in zip(*runs):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert runs[0][0].sum() > 0

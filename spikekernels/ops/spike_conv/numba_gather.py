@@ -108,6 +108,12 @@ LIST_CAP = 8192
 # weight floats of a tile whose offsets / 2 all fit a 16-bit list entry (read as a byte offset
 # / 8 with x86's scaled index, no shift per input); larger tiles list row indices
 SCALED_FLOATS = 2 * 65535
+# weight rows past this many bytes: the work items go tile by tile (each thread adds one tile's
+# rows for many images while they stay in its L2) rather than image by image (the tiles of an
+# image in one thread: no two threads write the same cache line of its kept bits). ResNet-18's
+# 256-512 channel layers (2.4-9.4 MB) ran 1.2-1.3x faster tile by tile, its 1x1 shortcuts
+# (0.03-0.5 MB) 1.1x slower (bench/RESULTS.md "Session 12")
+TILE_MAJOR_BYTES = 2**20
 # per accumulator width nv: (active inputs added per trip of the add loop, independent sets of
 # sums), measured on ResNet-20/18 layer shapes (bench/RESULTS.md "Session 6" and "Session 7";
 # with the list the CPU has AVX-512's 32 vector registers: nv = 8 keeps 4 sets of 4 zmm);
@@ -1080,13 +1086,15 @@ def _column_row(nv, pk, base, toff, wrow, mask, nw, w, vl, voff, th, bi, sc, sb,
 
 
 @numba.njit(cache=True, fastmath=False, error_model="numpy")
-def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v, out,
-                   out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron, sb,
-                   has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column):
+def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho, Wo, bias,
+                 thr, rs, v, out, out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res,
+                 neuron, sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column, tile_major):
     """Conv + IF of work item ``item`` (an image and a channel tile of ``ct = 8 nv``), T loop inside.
 
-    ``pk [T, B, bytes]`` bits from ``_pack``; ``toff``/``wrow``/``mask`` per receptive-field
-    word: byte offset from the pixel's corner, first weight row (in floats), valid bits;
+    ``pk [T, B, bytes]`` bits from ``_pack``; ``toff``/``wrow``/``mask`` ``[classes, words]``
+    per receptive-field word of a class of output pixels: byte offset from the pixel's corner,
+    first weight row (in floats), valid bits; ``nws [classes]`` words per class, pixel (oy,
+    ox) in class ``cls_y[oy] * (max(cls_x) + 1) + cls_x[ox]`` (``_tables``);
     ``wg [n_tiles, rows * ct]`` float32 weight rows. Per step and output pixel, with the
     neuron: ``_gather_if`` (sum and IF update, the membrane channels-last in ``vl [P, ct]``,
     the spikes as bytes in ``sp [P, ct]`` and, with ``keep``, as bits in ``kept [T, B,
@@ -1096,19 +1104,22 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
     residual comes in channels-last once per step through ``res_words`` (``fast_res``), any
     other residual row by row. ``sb [T, Cout]`` (``has_sb``): the per-step bias, spread
     channels-last over a row once per step. ``origin``: byte offset of the first receptive
-    field's corner in ``pk``. The spike count goes to ``n_kept [item]``. ``column`` (a 3x3
+    field's corner in ``pk``. The spike count goes to ``n_kept [item]``; item ``i`` is image
+    ``i // n_tiles``, tile ``i % n_tiles``, or with ``tile_major`` image ``i % B``, tile ``i //
+    B`` (TILE_MAJOR_BYTES). ``column`` (a 3x3
     stride-1 conv with the neuron): ``_column_if`` per output row instead of ``_gather_if`` per
-    pixel, ``toff``/``wrow``/``mask`` the words of one input column, ``wg`` in its layout.
+    pixel, class 0 of ``toff``/``wrow``/``mask`` the words of one input column, ``wg`` in its
+    layout.
     """
     T, B = pk.shape[:2]
     ct = 8 * nv
     P = Ho * Wo
     WC = Wo * ct
-    nw = toff.shape[0]
+    n_cx = cls_x.max() + 1
+    cls, tf, wr, mk, nw = 0, toff[0], wrow[0], mask[0], nws[0]
     const_res = res.shape[0] == 1
     vr = np.float32(v_reset)
-    b = item // n_tiles
-    tile = item % n_tiles
+    b, tile = (item % B, item // B) if tile_major else (item // n_tiles, item % n_tiles)
     c0 = tile * ct
     nc = min(ct, Cout - c0)
     acc = np.zeros(WC, np.float32)
@@ -1145,6 +1156,7 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
             _step_bias_row(sb[t], c0, nc, ct, Wo, sbr)
         kt = kept[t, b] if keep else kept[0, 0]
         for oy in range(Ho):
+            cy = cls_y[oy] * n_cx
             if has_res and not fast_res and not res_bits:
                 for c in range(nc):
                     src = rt[(b * Cout + c0 + c) * P + oy * Wo:(b * Cout + c0 + c) * P + (oy + 1) * Wo]
@@ -1158,25 +1170,32 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
                     p = oy * Wo * ct
                     if res_bits or fast_res or not has_res:
                         roff, rstep = (k_row, Ck) if res_bits else (p, ct)
-                        n_out += _column_row(nv, pt, base, toff, wrow, mask, nw, wt, vl, p, th, bi, sc, sbr, rsrc, roff,
-                                             sp, kt, k_row, k_bytes, flags, vr, rstep, Ck, Wo, Cb)
+                        n_out += _column_row(nv, pt, base, toff[0], wrow[0], mask[0], nws[0], wt, vl, p, th, bi, sc,
+                                             sbr, rsrc, roff, sp, kt, k_row, k_bytes, flags, vr, rstep, Ck, Wo, Cb)
                     else:
-                        n_out += _column_row(nv, pt, base, toff, wrow, mask, nw, wt, vl, p, th, bi, sc, sbr, rr, 0,
-                                             sp, kt, k_row, k_bytes, flags, vr, ct, Ck, Wo, Cb)
+                        n_out += _column_row(nv, pt, base, toff[0], wrow[0], mask[0], nws[0], wt, vl, p, th, bi, sc,
+                                             sbr, rr, 0, sp, kt, k_row, k_bytes, flags, vr, ct, Ck, Wo, Cb)
                     continue
                 for ox in range(Wo):
                     base = (oy * sy * Wp + ox * sx) * Cb + origin
                     p = oy * Wo + ox
+                    c = cy + cls_x[ox]
+                    if c != cls:
+                        # the class's tables: views made when the class changes, not per pixel
+                        cls, tf, wr, mk, nw = c, toff[c], wrow[c], mask[c], nws[c]
                     if res_bits or fast_res or not has_res:
-                        n_out += _gather_if(nv, pt, base, toff, wrow, mask, nw, wt, vl, p * ct, th, bi, sc, sbr, rsrc,
-                                            k_row + ox * Ck if res_bits else p * ct, sp, kt, k_row + ox * Ck, k_bytes,
-                                            flags, vr)
+                        n_out += _gather_if(nv, pt, base, tf, wr, mk, nw, wt, vl, p * ct, th, bi, sc,
+                                            sbr, rsrc, k_row + ox * Ck if res_bits else p * ct, sp, kt,
+                                            k_row + ox * Ck, k_bytes, flags, vr)
                     else:
-                        n_out += _gather_if(nv, pt, base, toff, wrow, mask, nw, wt, vl, p * ct, th, bi, sc, sbr, rr,
-                                            ox * ct, sp, kt, k_row + ox * Ck, k_bytes, flags, vr)
+                        n_out += _gather_if(nv, pt, base, tf, wr, mk, nw, wt, vl, p * ct, th, bi, sc,
+                                            sbr, rr, ox * ct, sp, kt, k_row + ox * Ck, k_bytes, flags, vr)
                 continue
             for ox in range(Wo):
-                _gather_sum(nv, pt, (oy * sy * Wp + ox * sx) * Cb + origin, toff, wrow, mask, nw, wt, acc, ox * ct)
+                c = cy + cls_x[ox]
+                if c != cls:
+                    cls, tf, wr, mk, nw = c, toff[c], wrow[c], mask[c], nws[c]
+                _gather_sum(nv, pt, (oy * sy * Wp + ox * sx) * Cb + origin, tf, wr, mk, nw, wt, acc, ox * ct)
             lo = oy * WC
             if fast_res:
                 _current_row(acc, bi, sc, rr8[lo:lo + WC], sbr, xr[lo:lo + WC], True, has_sb)
@@ -1196,9 +1215,9 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Co
 
 
 @numba.njit(parallel=True, cache=True)
-def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v, out,
-                   out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron, sb,
-                   has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column):
+def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho, Wo, bias, thr,
+                   rs, v, out, out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res,
+                   neuron, sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column, tile_major):
     """``_gather_item`` for every (image, channel tile), in parallel.
 
     The item is a function of its own, not the body of the parallel loop. With the body in the
@@ -1208,27 +1227,69 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, 
     end; split, 0.98-1.16x end to end (bench/RESULTS.md "Session 8").
     """
     for item in numba.prange(pk.shape[1] * n_tiles):
-        _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias, thr, rs, v,
-                     out, out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron,
-                     sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column)
+        _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho, Wo, bias,
+                     thr, rs, v, out, out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res,
+                     neuron, sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column, tile_major)
 
 
-def _tables(kh: int, kw: int, Cb: int, Wp: int, ct: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per receptive-field word: byte offset, first weight row (floats), mask of valid bits.
+def _taps_in_image(n_out: int, stride: int, k: int, pad: int, n_in: int) -> tuple[list, np.ndarray]:
+    """Along one axis: the distinct intervals ``[lo, hi)`` of kernel taps that land in the image
+    (not in the padding) for some output index, and the interval's index for each output."""
+    spans = [(max(0, pad - o * stride), min(k, n_in + pad - o * stride)) for o in range(n_out)]
+    kinds = sorted(set(spans))
+    return kinds, np.array([kinds.index(sp) for sp in spans], np.int64)
+
+
+@functools.lru_cache(maxsize=256)
+def _tables(kh: int, kw: int, Cb: int, Wp: int, ct: int, geometry: tuple,
+            split: bool = True) -> tuple[np.ndarray, ...]:
+    """Per receptive-field word: byte offset, first weight row (floats), mask of valid bits;
+    per class of output pixels, the words that can hold a set bit.
 
     Kernel row ``ky`` is the run of ``kw * 8 * Cb`` bits starting at byte ``ky * Wp * Cb``
     from the pixel's corner, read as 64-bit words; bit ``j`` of word ``q`` is weight row
-    ``ky * kw * 8 * Cb + 64 q + j``.
+    ``ky * kw * 8 * Cb + 64 q + j``. ``geometry = (Ho, Wo, sy, sx, ph, pw, H, W)``: the
+    output pixels whose fields reach the same taps in the image form a class (an image edge,
+    a corner, the inside), and a class's table leaves out the words that lie wholly in the
+    padding (always zero bits: a 3x3 field on a 1x1 image keeps 8 of 72 words at 512
+    channels). The words kept are in the same order, so the sums are too. Without ``split``
+    (the column kernel's tables: one input column), or when the whole field's list would not
+    fit LIST_CAP (the list-or-walk choice, which sets the order, must not change from pixel
+    to pixel), one class holds every word.
+
+    Returns ``toff``, ``wrow``, ``mask`` ``[classes, words]`` (int64, int64, uint64; rows
+    padded with zero-mask words), ``nw [classes]`` and the class of each output row and
+    column, ``cls_y [Ho]`` and ``cls_x [Wo]`` (class ``cls_y[oy] * len(x classes) +
+    cls_x[ox]``). Cached: the arrays must not be written.
     """
     run = kw * 8 * Cb
-    toff, wrow, mask = [], [], []
-    for ky in range(kh):
-        for q in range(-(-run // 64)):
-            n = min(64, run - 64 * q)
-            toff.append(ky * Wp * Cb + 8 * q)
-            wrow.append((ky * run + 64 * q) * ct)
-            mask.append((1 << n) - 1)
-    return np.array(toff, np.int64), np.array(wrow, np.int64), np.array(mask, np.uint64)
+    nq = -(-run // 64)
+    words = [(ky, q) for ky in range(kh) for q in range(nq)]
+    Ho, Wo, sy, sx, ph, pw, H, W = geometry
+    if not split or kh * nq * 64 > LIST_CAP - max(u for u, _ in WALK.values()):
+        ys, xs, cls_y, cls_x = [(0, kh)], [(0, kw)], np.zeros(Ho, np.int64), np.zeros(Wo, np.int64)
+    else:
+        ys, cls_y = _taps_in_image(Ho, sy, kh, ph, H)
+        xs, cls_x = _taps_in_image(Wo, sx, kw, pw, W)
+    kept = []
+    for ylo, yhi in ys:
+        for xlo, xhi in xs:
+            # word q of a row covers the taps kx of bits 64 q .. 64 q + 63
+            kept.append([(ky, q) for ky, q in words if ylo <= ky < yhi
+                         and (64 * q + 63) // (8 * Cb) >= xlo and (64 * q) // (8 * Cb) < xhi])
+    width = max(1, max(len(k) for k in kept))
+    toff = np.zeros((len(kept), width), np.int64)
+    wrow = np.zeros((len(kept), width), np.int64)
+    mask = np.zeros((len(kept), width), np.uint64)
+    for c, ws in enumerate(kept):
+        for i, (ky, q) in enumerate(ws):
+            toff[c, i] = ky * Wp * Cb + 8 * q
+            wrow[c, i] = (ky * run + 64 * q) * ct
+            mask[c, i] = (1 << min(64, run - 64 * q)) - 1
+    nw = np.array([len(k) for k in kept], np.int64)
+    for a in (toff, wrow, mask, nw, cls_y, cls_x):
+        a.flags.writeable = False
+    return toff, wrow, mask, nw, cls_y, cls_x
 
 
 def weight_rows(weight: torch.Tensor, ct: int, column: bool = False) -> np.ndarray:
@@ -1330,7 +1391,8 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     n_tiles = -(-Cout // ct)
     column = _column_fits(neuron, (kh, kw), stride, Cb, nv)
     wg = weight_rows(weight, ct, column)
-    toff, wrow, mask = _tables(3, 1, Cb, Wp, 3 * ct) if column else _tables(kh, kw, Cb, Wp, ct)
+    geometry = (Ho, Wo, sy, sx, ph, pw, H, W)
+    tables = _tables(3, 1, Cb, Wp, 3 * ct, geometry, False) if column else _tables(kh, kw, Cb, Wp, ct, geometry)
     if neuron:
         buf, stage = spike_buffer(out)
         v_np = v.numpy()
@@ -1354,10 +1416,10 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     bits = np.zeros((T, B, (Ho + 2 * KEEP_PAD) * (Wo + 2 * KEEP_PAD) * -(-Cout // 8) + 8) if keep else (1, 1, 1),
                     np.uint8)
     n_kept = np.zeros(B * n_tiles, np.uint64)
-    _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, wg, Cout, Ho, Wo, bias.numpy(), thr.numpy(),
+    _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, *tables, wg, Cout, Ho, Wo, bias.numpy(), thr.numpy(),
                    rs.numpy(), v_np, out4, out_words, fast_out, _SPREAD, reset_zero, v_reset, res_np,
                    res is not None, res_words, fast_res, neuron, sb_np, step_bias is not None, origin, keep, bits,
-                   n_kept, write, res_kept is not None, rkept, column)
+                   n_kept, write, res_kept is not None, rkept, column, wg.nbytes > TILE_MAJOR_BYTES)
     if stage is not None and write:
         out.copy_(stage)
     if keep:
