@@ -8,9 +8,11 @@ input spike's weights into a current buffer in memory). Here each output pixel g
    ``pk [T, B, Hp * Wp * Cb + 8]`` bytes, ``Cb = ceil(Cin / 8)``, bit ``ci % 8`` of byte
    ``(y * Wp + x) * Cb + ci // 8``. One kernel row of a receptive field (``kw`` neighbouring
    pixels, all channels) is then one contiguous run of ``kw * 8 * Cb`` bits.
-2. ``_gather_kernel``: one work item per (image, output-channel tile), the T loop inside. Per
-   step and output pixel, ``_gather_sum`` reads the receptive field as 64-bit words (one
-   unaligned load each, masked at the run's end). On a CPU with AVX-512 VBMI2 (``COMPRESS``)
+2. ``_gather_kernel``: one work item per (image, output-channel tile), the T loop inside
+   (items tile by tile past TILE_MAJOR_BYTES of weights). Per step and output pixel,
+   ``_gather_sum`` reads the receptive field as 64-bit words (one unaligned load each, masked
+   at the run's end; ``_tables`` leaves out the words of the pixel's class that lie wholly
+   in the padding). On a CPU with AVX-512 VBMI2 (``COMPRESS``)
    each word's set bits are compressed (``vpcompressw``, no branch) into one list of 16-bit
    row indices for the whole receptive field; elsewhere (or past ``LIST_CAP`` entries) the
    set bits of each word are walked (count trailing zeros, clear lowest bit). The weight row
@@ -111,8 +113,8 @@ SCALED_FLOATS = 2 * 65535
 # weight rows past this many bytes: the work items go tile by tile (each thread adds one tile's
 # rows for many images while they stay in its L2) rather than image by image (the tiles of an
 # image in one thread: no two threads write the same cache line of its kept bits). ResNet-18's
-# 256-512 channel layers (2.4-9.4 MB) ran 1.2-1.3x faster tile by tile, its 1x1 shortcuts
-# (0.03-0.5 MB) 1.1x slower (bench/RESULTS.md "Session 12")
+# 256-512 channel 3x3 layers (2.4-9.4 MB) ran 1.1-1.4x faster tile by tile, two of its three
+# 1x1 shortcuts (0.03-0.5 MB) 1.1x slower (bench/RESULTS.md "Session 12")
 TILE_MAJOR_BYTES = 2**20
 # per accumulator width nv: (active inputs added per trip of the add loop, independent sets of
 # sums), measured on ResNet-20/18 layer shapes (bench/RESULTS.md "Session 6" and "Session 7";
