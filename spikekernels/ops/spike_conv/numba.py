@@ -49,8 +49,10 @@ from .reference import step_convs
 # bytes of the largest temporary (float input chunk or current chunk) of the dense path: well
 # under glibc's 32 MiB mmap threshold, so chunks are recycled heap memory, not fresh pages
 CHUNK_BYTES = 8 * 2**20
-# input elements sampled to estimate the spike density
-DENSITY_SAMPLE = 1 << 16
+# input elements sampled to estimate the spike density (evenly strided, so each is a cache
+# miss): 16K give a standard error of 0.004 at the switch's 0.4 and cost 18-35 us on a 4 MB
+# spike tensor against 51-152 us for 64K (uint8 / float32; 2-5% of a ResNet-18 1x1 layer's call)
+DENSITY_SAMPLE = 1 << 14
 BLOCK = 2048
 
 
