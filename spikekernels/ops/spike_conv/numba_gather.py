@@ -1044,6 +1044,7 @@ def _pack_floats(s, pk, Cb, doff):
     reduction, so they vectorize), else each pixel's byte from its 8 channels."""
     TB, Cin, HW = s.shape
     bad = np.zeros(TB, np.uint8)
+    zero = np.uint8(0)
     for item in numba.prange(TB):
         dst = pk[item]
         dst[:] = 0
@@ -1054,10 +1055,13 @@ def _pack_floats(s, pk, Cb, doff):
                 plane[:] = 0
                 for k in range(min(8, Cin - 8 * g)):
                     src = s[item, 8 * g + k]
+                    # a select of uint8 constants, not a shift by k: Numba's shift of small
+                    # ints is 64-bit, and LLVM vectorized it 8 lanes at a time (1.3-1.7x)
+                    bit = np.uint8(1 << k)
                     for i in range(HW):
                         val = src[i]
                         nz = val != 0
-                        plane[i] |= np.uint8(nz) << np.uint8(k)
+                        plane[i] |= bit if nz else zero
                         flags[i] |= nz & (val != 1)
                 for i in range(HW):
                     dst[doff[i] + g] = plane[i]
@@ -1070,7 +1074,7 @@ def _pack_floats(s, pk, Cb, doff):
                     for k in range(min(8, Cin - 8 * g)):
                         val = s[item, 8 * g + k, i]
                         nz = val != 0
-                        byte |= np.uint8(nz) << np.uint8(k)
+                        byte |= np.uint8(1 << k) if nz else zero
                         flag |= nz & (val != 1)
                     dst[doff[i] + g] = byte
             bad[item] = flag
