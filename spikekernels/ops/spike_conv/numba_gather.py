@@ -979,7 +979,7 @@ def _pack(s: np.ndarray, pk: np.ndarray, H: int, W: int, Cb: int, Wp: int, ph: i
     (4 or more), else pixel by pixel. Against session 11's single loop form (channel planes
     of bytes for every shape), in one process (bench/RESULTS.md "Session 12"): uint8 1.7-2.1x
     on ResNet-20/18's 16-128 channel shapes, 3.4x and 5.0x at 512 channels 1x1 and 256 at
-    2x2; float32 4.5x at 1x1, 1.0-1.3x elsewhere.
+    2x2; float32 4.9x at 1x1, 1.2-1.5x on 16-256 channels.
     """
     TB, Cin, HW = s.shape
     y, x = np.divmod(np.arange(HW, dtype=np.int64), W)
