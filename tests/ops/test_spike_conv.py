@@ -352,7 +352,8 @@ def test_gather_kernel_summation_order(monkeypatch, Cin, Cout):
     words = 3 * -(-3 * 8 * -(-Cin // 8) // 64)
     tile_floats = (9 * 8 * -(-Cin // 8) + 1) * 8 * nv
     if Cin == 600:
-        assert words * 64 <= numba_gather.LIST_CAP - 4 and tile_floats > 2 * 65535, "the case should take the row-index list"
+        assert words * 64 <= numba_gather.LIST_CAP - 4 and tile_floats > 2 * 65535, \
+            "the case should take the row-index list"
     if Cin > 1000:
         assert words * 64 > numba_gather.LIST_CAP, "the case should pass the list"
 

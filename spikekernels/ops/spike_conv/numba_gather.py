@@ -663,8 +663,8 @@ if numba.config.DISABLE_JIT:
                     n += 1
             if c >= 2:
                 ox = c - 2
-                count += _if_py(_pairwise(sums[2], operator.add), vl, voff + ox * ct, th, bi, sc, sb, rr, roff + ox * rstep, sp, kept,
-                                koff + ox * kstep, nbytes, flags, vr, ct)
+                count += _if_py(_pairwise(sums[2], operator.add), vl, voff + ox * ct, th, bi, sc, sb, rr,
+                                roff + ox * rstep, sp, kept, koff + ox * kstep, nbytes, flags, vr, ct)
             sums = [[np.zeros(ct, np.float32) for _ in range(sets)], sums[0], sums[1]]
         return count
 else:
@@ -1234,8 +1234,9 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y
     """
     for item in numba.prange(pk.shape[1] * n_tiles):
         _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho, Wo, bias,
-                     thr, rs, v, out, out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res,
-                     neuron, sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column, tile_major)
+                     thr, rs, v, out, out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words,
+                     fast_res, neuron, sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column,
+                     tile_major)
 
 
 def _taps_in_image(n_out: int, stride: int, k: int, pad: int, n_in: int) -> tuple[list, np.ndarray]:
