@@ -21,9 +21,9 @@ from spikekernels.ops.spike_conv import numba_rows
 
 
 @numba.njit
-def _loop(n, spw, ct, P, ot, ow, spread):
+def _loop(n, spw, ct, P, ot, spread):
     for _ in range(n):
-        numba_rows._spikes_out(spw, ct, ct, P, ot, ow, 0, spread, numba_rows.OUT_WORDS)
+        numba_rows._spikes_out(spw, ct, ct, P, ot, 0, spread, numba_rows.OUT_WORDS)
 
 
 def main() -> None:
@@ -33,14 +33,13 @@ def main() -> None:
         for P in (1024, 1016):
             sp = (rng.random(P * ct) < 0.1).astype(np.uint8)
             ot = np.zeros((ct, P), np.uint8)
-            ow = ot.view(np.uint64)
             n = 2 * 10**7 // (P * ct)
-            _loop(1, sp.view(np.uint64), ct, P, ot, ow, numba_rows._SPREAD)
+            _loop(1, sp.view(np.uint64), ct, P, ot, numba_rows._SPREAD)
             assert np.array_equal(ot, sp.reshape(P, ct).T)
             times = []
             for _ in range(7):
                 t0 = time.perf_counter()
-                _loop(n, sp.view(np.uint64), ct, P, ot, ow, numba_rows._SPREAD)
+                _loop(n, sp.view(np.uint64), ct, P, ot, numba_rows._SPREAD)
                 times.append(time.perf_counter() - t0)
             res[P] = statistics.median(times) / (n * P * ct) * 1e9
         print(f"{ct:3d} channels: shuffles (1024 pixels) {res[1024]:.3f} ns per spike slot, "

@@ -16,20 +16,24 @@ def test_plan_is_the_transpose(ct):
 
 
 @numba.njit
-def _out(spw, ct, nc, P, ot, ow, c0, spread):
-    numba_rows._spikes_out(spw, ct, nc, P, ot, ow, c0, spread, numba_rows.OUT_WORDS)
+def _out(spw, ct, nc, P, ot, c0, spread, mode):
+    numba_rows._spikes_out(spw, ct, nc, P, ot, c0, spread, mode)
 
 
-@pytest.mark.parametrize("ct", numba_transpose.WIDTHS)
-@pytest.mark.parametrize("P", [64, 192, 1024, 72])
-def test_spikes_out_rows(ct, P):
-    """Rows c0 .. c0+nc of [Cout, P] from channels-last bytes, the other rows untouched (P a
-    multiple of 64: the shuffles; 72: the bit-matrix transpose)."""
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("ct", numba_transpose.WIDTHS + (24,))
+@pytest.mark.parametrize("P", [64, 192, 1024, 72, 1, 2, 3, 4, 12, 16, 49, 196])
+def test_spikes_out_rows(ct, P, dtype):
+    """Rows c0 .. c0+nc of [Cout, P] from channels-last bytes, the other rows untouched (uint8,
+    P a multiple of 64: the shuffles; P = 1: the channel-row copy; others: the bit-matrix
+    transpose, whole 8-pixel words and a tail of 1-7; float32: rows from the table), with a
+    tile that is full, one short of a whole 8-channel group and one past it."""
     rng = np.random.default_rng(ct * P)
-    nc, c0 = ct - 3, 5
-    sp = (rng.random(P * ct) < 0.3).astype(np.uint8)
-    ot = np.full((c0 + ct + 2, P), 9, np.uint8)
-    _out(sp.view(np.uint64), ct, nc, P, ot, ot.view(np.uint64), c0, numba_rows._SPREAD)
-    want = np.full_like(ot, 9)
-    want[c0:c0 + nc] = sp.reshape(P, ct).T[:nc]
-    assert np.array_equal(ot, want)
+    mode = numba_rows.OUT_WORDS if dtype == np.uint8 else numba_rows.OUT_F32_ROWS
+    for nc, c0 in ((ct, 0), (ct - 3, 5), (ct - 8, 3), (1, 7)):
+        sp = (rng.random(P * ct) < 0.3).astype(np.uint8)
+        ot = np.full((c0 + ct + 2, P), 9, dtype)
+        _out(sp.view(np.uint64), ct, nc, P, ot, c0, numba_rows._SPREAD, mode)
+        want = np.full_like(ot, 9)
+        want[c0:c0 + nc] = sp.reshape(P, ct).T[:nc]
+        assert np.array_equal(ot, want), (nc, c0)

@@ -43,7 +43,7 @@ from ... import _checks, _config
 from ..if_scan.numba import spike_buffer
 from . import numba_gather
 from .numba_rows import (_SPREAD, _current_row, _if_row, _membrane_out, _residual_in, _spikes_out, _step_bias_row,
-                         _tile_setup, aligned_zeros, spikes_out_views)
+                         _tile_setup, aligned_zeros, spikes_out_mode)
 from .reference import step_convs
 
 # bytes of the largest temporary (float input chunk or current chunk) of the dense path: well
@@ -116,7 +116,7 @@ def _phase_table(n_in, k, stride, pad, nt, width):
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res, spread, wr, co_tile, ct, nty,
+def _event_kernel(s, words, use_words, fast_out, res_words, fast_res, spread, wr, co_tile, ct, nty,
                   ntx, roff, rwoff, rok, xoff, xpha, xok, xlen, xbits, rowlen, n_rows, Cout, Ho, Wo, bias, thr, rs,
                   v, out, reset_zero, v_reset, res, has_res, neuron, sb, has_sb):
     """Event-driven conv + IF, one work item per (image, output-channel tile), T loop inside.
@@ -234,7 +234,7 @@ def _event_kernel(s, words, use_words, out_words, fast_out, res_words, fast_res,
                 else:
                     _current_row(arow, bi, sc, rrow, sbr, xr[oy * WC:(oy + 1) * WC], has_res, has_sb)
             if neuron:
-                _spikes_out(spw, ct, nc, P, ot, out_words[t, b], c0, spread, fast_out)
+                _spikes_out(spw, ct, nc, P, ot, c0, spread, fast_out)
                 continue
             for c in range(nc):
                 orow = ot[c0 + c]
@@ -395,11 +395,11 @@ def _event(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, r
     use_words = s_np.dtype == np.uint8 and W % 8 == 0 and bool(xok.all())
     words = s_np.reshape(T, B, -1).view(np.uint64) if use_words else np.zeros((1, 1, 1), np.uint64)
     out4 = buf.reshape(T, B, Cout, Ho * Wo)
-    fast_out, out_words = spikes_out_views(out4, neuron, Ho * Wo)
+    fast_out = spikes_out_mode(out4, neuron)
     # uint8 residual, whole 8-byte words per channel row: transposed by words too
     fast_res = res_np.dtype == np.uint8 and (Ho * Wo) % 8 == 0 and res_np.flags.c_contiguous
     res_words = res_np.view(np.uint64) if fast_res else np.zeros((1, 1), np.uint64)
-    _event_kernel(s_np, words, use_words, out_words, fast_out, res_words, fast_res, _SPREAD, wr, co_tile, ct, nty, ntx, roff, rwoff, rok, xoff, xpha, xok, xlen, xbits, rowlen, n_rows, Cout, Ho, Wo,
+    _event_kernel(s_np, words, use_words, fast_out, res_words, fast_res, _SPREAD, wr, co_tile, ct, nty, ntx, roff, rwoff, rok, xoff, xpha, xok, xlen, xbits, rowlen, n_rows, Cout, Ho, Wo,
                   bias.numpy(), thr.numpy(), rs.numpy(), v_np, out4, reset_zero,
                   v_reset, res_np, res is not None, neuron,
                   np.zeros((1, 1), np.float32) if sb is None else sb.numpy(), sb is not None)

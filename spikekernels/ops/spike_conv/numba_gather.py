@@ -79,7 +79,7 @@ from numba.extending import intrinsic
 from ... import _checks
 from ..if_scan.numba import spike_buffer
 from .numba_rows import (_SPREAD, _current_row, _membrane_in, _membrane_out, _residual_in, _spikes_out,
-                         _step_bias_row, _tile_setup, aligned_zeros, spikes_out_views)
+                         _step_bias_row, _tile_setup, aligned_zeros, spikes_out_mode)
 
 # accumulator width per output pixel in units of 8 float32 (ct = 8 * nv channels per tile); in
 # the generated code an even nv is nv / 2 vectors of 16 lanes (one zmm each with AVX-512,
@@ -869,7 +869,7 @@ _SUM8 = np.uint64(0x0101010101010101)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _if_kept_kernel(x, T, thr, v, out, out_words, fast_out, write_out, reset_zero, v_reset, sb, has_sb, kept,
+def _if_kept_kernel(x, T, thr, v, out, fast_out, write_out, reset_zero, v_reset, sb, has_sb, kept,
                     n_kept, spread, W):
     """IF over a current constant in time ``x [B, C, P]`` (``P = H * W``) for ``T`` steps, its
     spikes kept as bits (``kept [T, B, bytes]``, ``_pack``'s layout with a border of
@@ -927,7 +927,7 @@ def _if_kept_kernel(x, T, thr, v, out, out_words, fast_out, write_out, reset_zer
                         kt[k + g] = np.uint8((w8 * _PACK8) >> np.uint64(56))
                         n += (w8 * _SUM8) >> np.uint64(56)
             if write_out:
-                _spikes_out(spw, ct, C, P, out[t, b], out_words[t, b], 0, spread, fast_out)
+                _spikes_out(spw, ct, C, P, out[t, b], 0, spread, fast_out)
         _membrane_out(vl, v, b, C, 0, C, ct, P)
         n_kept[b] = n
 
@@ -946,13 +946,13 @@ def if_scan_kept(x: torch.Tensor, thr: torch.Tensor, v: torch.Tensor, out: torch
     T, B, C, H, W = out.shape
     buf, stage = spike_buffer(out)
     out4 = buf.reshape(T, B, C, H * W)
-    fast_out, out_words = spikes_out_views(out4, True, H * W)
+    fast_out = spikes_out_mode(out4, True)
     write = stage is not None or out.dtype not in BITS_ONLY_DTYPES or not _bits_only.get()
     bits = np.zeros((T, B, (H + 2 * KEEP_PAD) * (W + 2 * KEEP_PAD) * -(-C // 8) + 8), np.uint8)
     n_kept = np.zeros(B, np.uint64)
     sb = np.zeros((1, 1), np.float32) if step_bias is None else step_bias.numpy()
     xs = x.detach().to(torch.float32).contiguous().numpy().reshape(B, C, H * W)
-    _if_kept_kernel(xs, T, thr.numpy(), v.numpy().reshape(-1), out4, out_words, fast_out, write, reset_zero,
+    _if_kept_kernel(xs, T, thr.numpy(), v.numpy().reshape(-1), out4, fast_out, write, reset_zero,
                     v_reset, sb, step_bias is not None, bits, n_kept, _SPREAD, W)
     if stage is not None:
         out.copy_(stage)
@@ -1093,7 +1093,7 @@ def _column_row(nv, pk, base, toff, wrow, mask, nw, w, vl, voff, th, bi, sc, sb,
 
 @numba.njit(cache=True, fastmath=False, error_model="numpy")
 def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho, Wo, bias,
-                 thr, rs, v, out, out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res,
+                 thr, rs, v, out, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res,
                  neuron, sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column, tile_major):
     """Conv + IF of work item ``item`` (an image and a channel tile of ``ct = 8 nv``), T loop inside.
 
@@ -1105,7 +1105,7 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, c
     neuron: ``_gather_if`` (sum and IF update, the membrane channels-last in ``vl [P, ct]``,
     the spikes as bytes in ``sp [P, ct]`` and, with ``keep``, as bits in ``kept [T, B,
     bytes]``); per step the spikes go to ``out [T, B, Cout, H'W']`` (``fast_out``: a
-    ``_spikes_out`` mode; uint8 through ``out_words``). Without: ``_gather_sum`` of each pixel
+    ``_spikes_out`` mode). Without: ``_gather_sum`` of each pixel
     into the channels-last row ``acc [W', ct]``, then the current of the row. A uint8
     residual comes in channels-last once per step through ``res_words`` (``fast_res``), any
     other residual row by row. ``sb [T, Cout]`` (``has_sb``): the per-step bias, spread
@@ -1209,7 +1209,7 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, c
                 _current_row(acc, bi, sc, rr, sbr, xr[lo:lo + WC], has_res, has_sb)
         if neuron:
             if write_out:
-                _spikes_out(spw, ct, nc, P, out[t, b], out_words[t, b], c0, spread, fast_out)
+                _spikes_out(spw, ct, nc, P, out[t, b], c0, spread, fast_out)
         else:
             ot = out[t, b]
             for c in range(nc):
@@ -1222,7 +1222,7 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, c
 
 @numba.njit(parallel=True, cache=True)
 def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho, Wo, bias, thr,
-                   rs, v, out, out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res,
+                   rs, v, out, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res,
                    neuron, sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column, tile_major):
     """``_gather_item`` for every (image, channel tile), in parallel.
 
@@ -1234,7 +1234,7 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y
     """
     for item in numba.prange(pk.shape[1] * n_tiles):
         _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho, Wo, bias,
-                     thr, rs, v, out, out_words, fast_out, spread, reset_zero, v_reset, res, has_res, res_words,
+                     thr, rs, v, out, fast_out, spread, reset_zero, v_reset, res, has_res, res_words,
                      fast_res, neuron, sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column,
                      tile_major)
 
@@ -1409,7 +1409,7 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     res_np = np.zeros((1, 1), np.float32) if res is None else res.numpy()
     sb_np = np.zeros((1, 1), np.float32) if step_bias is None else step_bias.numpy()
     out4 = buf.reshape(T, B, Cout, Ho * Wo)
-    fast_out, out_words = spikes_out_views(out4, neuron, Ho * Wo)
+    fast_out = spikes_out_mode(out4, neuron)
     # uint8 residual, whole 8-byte words per channel row: read 8 pixels x 8 channels at a time
     fast_res = res_np.dtype == np.uint8 and (Ho * Wo) % 8 == 0 and res_np.flags.c_contiguous
     res_words = res_np.view(np.uint64) if fast_res else np.zeros((1, 1), np.uint64)
@@ -1424,7 +1424,7 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
                     np.uint8)
     n_kept = np.zeros(B * n_tiles, np.uint64)
     _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, *tables, wg, Cout, Ho, Wo, bias.numpy(), thr.numpy(),
-                   rs.numpy(), v_np, out4, out_words, fast_out, _SPREAD, reset_zero, v_reset, res_np,
+                   rs.numpy(), v_np, out4, fast_out, _SPREAD, reset_zero, v_reset, res_np,
                    res is not None, res_words, fast_res, neuron, sb_np, step_bias is not None, origin, keep, bits,
                    n_kept, write, res_kept is not None, rkept, column, wg.nbytes > TILE_MAJOR_BYTES)
     if stage is not None and write:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from .numba_transpose import rows64
 
@@ -36,20 +39,12 @@ def aligned_zeros(shape: tuple[int, ...], dtype=np.float32, align: int = 64) -> 
     return raw[skip:skip + size * dtype.itemsize].view(dtype).reshape(shape)
 
 
-def spikes_out_views(out: np.ndarray, neuron: bool, P: int) -> tuple[int, np.ndarray]:
-    """``(mode, words)`` for ``_spikes_out`` writing the output ``out [T, B, Cout, P]``.
-
-    uint8 spikes with ``P`` a multiple of 8: OUT_WORDS and ``out`` viewed as uint64 (whole
-    8-byte words per channel row); float32 spikes, same ``P``: OUT_F32_ROWS (rows of 8 from a
-    table); otherwise, or without the neuron, OUT_ELEMENTS. ``words`` is a dummy unless
-    OUT_WORDS.
-    """
-    mode = OUT_ELEMENTS
-    if neuron and P % 8 == 0:
-        mode = OUT_WORDS if out.dtype == np.uint8 else OUT_F32_ROWS if out.dtype == np.float32 else OUT_ELEMENTS
-    # the dummy has [T, B] so that `words[t, b]` also works without the JIT (NUMBA_DISABLE_JIT)
-    words = out.view(np.uint64) if mode == OUT_WORDS else np.zeros(out.shape[:2] + (1, 1), np.uint64)
-    return mode, words
+def spikes_out_mode(out: np.ndarray, neuron: bool) -> int:
+    """How ``_spikes_out`` writes the output ``out [T, B, Cout, P]``: uint8 spikes OUT_WORDS,
+    float32 OUT_F32_ROWS, other dtypes or no neuron (a current, not spikes) OUT_ELEMENTS."""
+    if not neuron:
+        return OUT_ELEMENTS
+    return OUT_WORDS if out.dtype == np.uint8 else OUT_F32_ROWS if out.dtype == np.float32 else OUT_ELEMENTS
 
 
 @numba.njit(cache=True, inline="always")
@@ -186,19 +181,58 @@ def _step_bias_row(sbt, c0, nc, ct, Wo, row):
             row[ox * ct + c] = sbt[c0 + c]
 
 
-@numba.njit(cache=True, inline="always")
-def _spikes_out(spw, ct, nc, P, ot, ow, c0, spread, mode):
-    """Channels-last spikes ``spw`` (as bytes: ``[P, ct]`` 0/1) to rows ``c0:c0+nc`` of the output.
+def _store_codegen(bits: int):
+    def codegen(context, builder, sig, args):
+        aty, oty, vty = sig.args
+        arr = context.make_array(aty)(context, builder, args[0])
+        off = context.cast(builder, args[1], oty, types.intp)
+        val = context.cast(builder, args[2], vty, types.uint64)
+        it = ir.IntType(bits)
+        ptr = builder.gep(builder.bitcast(arr.data, ir.IntType(8).as_pointer()), [off])
+        builder.store(builder.trunc(val, it) if bits < 64 else val, builder.bitcast(ptr, it.as_pointer()), align=1)
+        return context.get_dummy_value()
+    return codegen
 
-    ``mode`` OUT_WORDS with ``P`` a multiple of 64 and ``ct`` in 8, 16, 32, 64: 64 pixels at a
-    time through ``numba_transpose.rows64`` (vector shuffles) into ``ot``. Otherwise OUT_WORDS:
-    write ``ow``, the uint8 output ``[Cout, P]`` viewed as uint64
-    ``[Cout, P / 8]`` (P a multiple of 8): 8 pixels x 8 channels at a time, OR the 8 pixel
-    words (one 0/1 byte per channel) shifted by the pixel into one bit matrix, then spread
-    each channel's byte of it back to 8 bytes through a table: one uint64 store per 8 spikes.
-    OUT_F32_ROWS: the same bit matrix, each channel's byte spread to 8 float32 through
-    ``_SPREAD_F32`` into ``ot`` (float32 ``[Cout, P]``): one 32-byte row copy per 8 spikes.
-    OUT_ELEMENTS: ``ot`` ``[Cout, P]`` (any dtype) element by element.
+
+def _store_twin(nbytes: int):
+    def store(arr, off, value):
+        """Python twin of the intrinsic (NUMBA_DISABLE_JIT runs)."""
+        flat = arr.reshape(-1)
+        flat[off:off + nbytes] = np.array([value], np.uint64).view(np.uint8)[:nbytes]
+    return store
+
+
+if numba.config.DISABLE_JIT:
+    _store_u64, _store_u32 = _store_twin(8), _store_twin(4)
+else:
+    def _store_intrinsic(bits: int):
+        @intrinsic
+        def store(typingctx, arr, off, value):
+            """The low ``bits`` of ``value`` (little-endian) to bytes ``off ..`` of the uint8
+            array ``arr`` (C-contiguous, ``off`` counted from its first element), one store
+            with no alignment assumed and no index check."""
+            return types.void(arr, off, value), _store_codegen(bits)
+        return store
+
+    _store_u64, _store_u32 = _store_intrinsic(64), _store_intrinsic(32)
+
+
+@numba.njit(cache=True)
+def _spikes_out(spw, ct, nc, P, ot, c0, spread, mode):
+    """Channels-last spikes ``spw`` (as bytes: ``[P, ct]`` 0/1) to rows ``c0:c0+nc`` of ``ot [Cout, P]``.
+
+    OUT_WORDS (uint8 ``ot``): with ``P`` a multiple of 64 and ``ct`` in 8, 16, 32, 64, 64
+    pixels at a time through ``numba_transpose.rows64`` (vector shuffles). With ``P`` = 1 the
+    channels-last bytes are already the rows: 8 channels per 8-byte store. Otherwise 8
+    channels x 8 pixels at a time: OR the 8 pixel words (one 0/1 byte per channel) shifted by
+    the pixel into one bit matrix, then spread each channel's byte of it back to 8 bytes
+    through a table: one 8-byte store per 8 spikes (unaligned, so any ``P`` takes it); the
+    last ``P % 8`` pixels of a row the same way, stored as 4 bytes (a 2x2 map) or byte by byte.
+    OUT_F32_ROWS (float32 ``ot``): the same bit matrix, each channel's byte spread to 8
+    float32 through ``_SPREAD_F32`` (a 32-byte row copy per 8 spikes); ``P`` = 1 converts the
+    channel bytes in order. OUT_ELEMENTS: element by element (any dtype).
+    On one thread the bit matrix took 0.14-0.44 ns per spike slot (uint8) on 2x2-14x14 maps
+    where the element loop took 0.22-1.5 ns (bench/RESULTS.md "Session 13").
     """
     if mode == OUT_WORDS and P % 64 == 0 and (ct == 8 or ct == 16 or ct == 32 or ct == 64):
         # 64 pixels at a time by vector shuffles (numba_transpose)
@@ -206,15 +240,27 @@ def _spikes_out(spw, ct, nc, P, ot, ow, c0, spread, mode):
         for pb in range(P // 64):
             rows64(ct, sp, pb * 64 * ct, ot, c0 * P + pb * 64, P, nc)
         return
+    sp = spw.view(np.uint8)
     if mode == OUT_ELEMENTS:
         # indexed, not through a row view per channel (a view costs more than a row of a few
         # pixels: ResNet-18's 2x2 and 1x1 layers)
-        sp = spw.view(np.uint8)
         for c in range(nc):
             for p in range(P):
                 ot[c0 + c, p] = sp[p * ct + c]
         return
     cg = ct // 8
+    if P == 1:
+        # [1, ct] channels-last already is the channel row
+        if mode == OUT_WORDS:
+            for g in range(nc // 8):
+                _store_u64(ot, c0 + 8 * g, spw[g])
+            for c in range(nc // 8 * 8, nc):
+                ot[c0 + c, 0] = sp[c]
+        else:
+            for c in range(nc):
+                ot[c0 + c, 0] = np.float32(sp[c])
+        return
+    n = P % 8
     for g in range(cg):
         kn = min(8, nc - 8 * g)
         for pb in range(P // 8):
@@ -223,12 +269,36 @@ def _spikes_out(spw, ct, nc, P, ot, ow, c0, spread, mode):
                 m |= spw[(pb * 8 + j) * cg + g] << np.uint64(j)
             for k in range(kn):
                 bits = np.int64((m >> np.uint64(8 * k)) & np.uint64(0xFF))
+                c = c0 + 8 * g + k
                 if mode == OUT_WORDS:
-                    ow[c0 + 8 * g + k, pb] = spread[bits]
+                    _store_u64(ot, c * P + 8 * pb, spread[bits])
                 else:
-                    orow = ot[c0 + 8 * g + k]
+                    orow = ot[c]
                     for j in range(8):
-                        orow[pb * 8 + j] = _SPREAD_F32[bits, j]
+                        orow[8 * pb + j] = _SPREAD_F32[bits, j]
+        if n == 0:
+            continue
+        # the last n pixels of each row
+        p0 = P - n
+        m = np.uint64(0)
+        for j in range(n):
+            m |= spw[(p0 + j) * cg + g] << np.uint64(j)
+        for k in range(kn):
+            bits = np.int64((m >> np.uint64(8 * k)) & np.uint64(0xFF))
+            c = c0 + 8 * g + k
+            if mode == OUT_WORDS:
+                wv = spread[bits]
+                if n == 4:
+                    _store_u32(ot, c * P + p0, wv)
+                else:
+                    for j in range(n):
+                        ot[c, p0 + j] = np.uint8((wv >> np.uint64(8 * j)) & np.uint64(0xFF))
+            elif n == 4:
+                for j in range(4):
+                    ot[c, p0 + j] = _SPREAD_F32[bits, j]
+            else:
+                for j in range(n):
+                    ot[c, p0 + j] = _SPREAD_F32[bits, j]
 
 
 @numba.njit(cache=True, inline="always")
