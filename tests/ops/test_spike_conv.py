@@ -528,16 +528,17 @@ def _bits_numpy(s, ph, pw):
 # words of 4 pixels (2x2, 14x14 in planes), single bytes (1x1, 7x7, 3x5); float32 planes of
 # pixels (4 or more) or pixel by pixel (1x1, 1x3); channels not a multiple of 8
 PACK_SHAPES = [(16, 8, 8), (3, 32, 16), (64, 4, 4), (20, 2, 2), (9, 14, 14), (512, 1, 1), (13, 7, 7), (8, 3, 5),
-               (40, 1, 3)]
+               (40, 1, 3), (20, 1, 1), (12, 2, 3), (13, 4, 4)]
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 @pytest.mark.parametrize("Cin,H,W", PACK_SHAPES, ids=[f"{c}ch-{h}x{w}" for c, h, w in PACK_SHAPES])
 @pytest.mark.parametrize("ph,pw", [(0, 0), (1, 1), (2, 1)])
 def test_pack_matches_numpy(dtype, Cin, H, W, ph, pw):
-    """Every loop form of ``_pack`` (words of 8 / 4 / 1 pixels, planes or channel by channel,
-    float32 planes or pixel by pixel) against numpy's packbits; a value other than 0/1 at
-    any place is reported."""
+    """Every loop form of ``_pack`` (uint8: words of 8 / 4 / 2 / 1 pixels in planes or a
+    group's channels at a time, a 1x1 map by the multiply, whole and partial groups of 8
+    channels; float32 planes or pixel by pixel) against numpy's packbits; a value other than
+    0/1 at any place is reported."""
     rng = np.random.default_rng(Cin * H * W + ph)
     s = (rng.random((6, Cin, H, W)) < 0.3).astype(dtype)
     Cb, Wp = -(-Cin // 8), W + 2 * pw

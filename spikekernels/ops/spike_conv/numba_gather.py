@@ -78,8 +78,8 @@ from numba.extending import intrinsic
 
 from ... import _checks
 from ..if_scan.numba import spike_buffer
-from .numba_rows import (_SPREAD, _current_row, _membrane_in, _membrane_out, _residual_in, _spikes_out,
-                         _step_bias_row, _tile_setup, aligned_zeros, spikes_out_mode)
+from .numba_rows import (_SPREAD, _current_row, _load_u8, _load_u16, _load_u32, _load_u64, _membrane_in, _membrane_out,
+                         _residual_in, _spikes_out, _step_bias_row, _tile_setup, aligned_zeros, spikes_out_mode)
 
 # accumulator width per output pixel in units of 8 float32 (ct = 8 * nv channels per tile); in
 # the generated code an even nv is nv / 2 vectors of 16 lanes (one zmm each with AVX-512,
@@ -962,7 +962,12 @@ def if_scan_kept(x: torch.Tensor, thr: torch.Tensor, v: torch.Tensor, out: torch
 
 # _pack_bytes reads n pixels' spike bytes as one word: the word type for n (the largest n of
 # these that divides H * W)
-_PIXEL_WORDS = {8: np.uint64, 4: np.uint32, 1: np.uint8}
+_PIXEL_WORDS = {8: np.uint64, 4: np.uint32, 2: np.uint16, 1: np.uint8}
+# words of n pixels per channel from which _pack_bytes's planes (the loop over a channel's words
+# inside, vectorized) beat _pack_words (the loop over a group's 8 channels inside, no index
+# checks): 4.1-4.5 MB of ResNet-20/18's maps ran 1.3-1.6x faster as words up to 8 words a
+# channel, 1.3x slower from 32 (bench/RESULTS.md "Session 13")
+PLANES_WORDS = 16
 
 
 def _pack(s: np.ndarray, pk: np.ndarray, H: int, W: int, Cb: int, Wp: int, ph: int, pw: int) -> bool:
@@ -972,33 +977,36 @@ def _pack(s: np.ndarray, pk: np.ndarray, H: int, W: int, Cb: int, Wp: int, ph: i
     Returns True when some input is neither 0 nor 1 (then the bits are not the input).
     Per (step, image) and group of 8 channels, the 8 channels' bits of each pixel are OR-ed
     into one byte, which goes to byte ``((y + ph) * Wp + x + pw) * Cb + group``. uint8 spikes
-    are read as words of 8 (or 4, or 1) pixels, so one shift and OR places 8 pixels' bits of a
-    channel; with 8 or more words per channel the loop over words is the inner one (it
-    vectorizes), with fewer (ResNet-18's 4x4 to 1x1 layers) the loop over channels is, so no
-    loop runs a handful of trips per channel. float32 spikes: planes of bytes over the pixels
-    (4 or more), else pixel by pixel. Against session 11's single loop form (channel planes
-    of bytes for every shape), in one process (bench/RESULTS.md "Session 12"): uint8 1.7-2.1x
-    on ResNet-20/18's 16-128 channel shapes, 3.4x and 5.0x at 512 channels 1x1 and 256 at
-    2x2; float32 4.9x at 1x1, 1.2-1.5x on 16-256 channels.
+    are read as words of 8 (or 4, 2, 1) pixels, so one shift and OR places ``n`` pixels' bits
+    of a channel; with PLANES_WORDS or more words per channel the loop over words is the inner
+    one (``_pack_bytes``: it vectorizes), with fewer (ResNet-18's layers) the loop over a
+    group's 8 channels is (``_pack_words``), so no loop runs a handful of trips per channel.
+    float32 spikes: planes of bytes over the pixels (4 or more), else pixel by pixel.
+    Against session 12's forms in one process (bench/RESULTS.md "Session 13"): uint8 1.2-1.6x
+    on the 8x8 to 2x2 maps, 4.3x at 512 channels 1x1 (8 channel bytes -> 8 bits by one
+    multiply); session 12 against session 11: uint8 1.7-2.1x on 16-128 channels, float32 4.9x
+    at 1x1, 1.2-1.5x on 16-256 channels.
     """
     TB, Cin, HW = s.shape
     y, x = np.divmod(np.arange(HW, dtype=np.int64), W)
     doff = ((y + ph) * Wp + pw + x) * Cb
     if s.dtype == np.uint8:
+        s = np.ascontiguousarray(s)
         n = next(n for n in _PIXEL_WORDS if HW % n == 0)
-        words = np.ascontiguousarray(s).view(_PIXEL_WORDS[n])
         ones = np.uint64(int.from_bytes(b"\x01" * n, "little"))
-        return _pack_bytes(words, pk, Cb, doff, ones, HW // n >= 8)
+        if HW // n < PLANES_WORDS:
+            return _pack_words(s.reshape(TB, Cin * HW), pk, Cin, HW, Cb, doff, n, ones)
+        return _pack_bytes(s.view(_PIXEL_WORDS[n]), pk, Cb, doff, ones)
     return _pack_floats(s, pk, Cb, doff)
 
 
 @numba.njit(parallel=True, cache=True)
-def _pack_bytes(sw, pk, Cb, doff, ones, planes):
+def _pack_bytes(sw, pk, Cb, doff, ones):
     """``_pack`` of uint8 spikes read as words ``sw [T * B, Cin, H * W / n]`` of ``n`` pixels'
-    bytes (``n`` = the word's size): byte ``j`` of the OR of channel ``8 g + k``'s word shifted
-    by ``k`` is pixel ``j``'s byte of group ``g``; it goes to ``doff[pixel] + g``. ``planes``:
-    the loop over a channel's words inside (a plane of words per group), else the loop over a
-    group's channels. ``ones``: the word with every byte 1 (a value other than 0/1 sets a bit
+    bytes (``n`` = the word's size), a plane of words per group of 8 channels: byte ``j`` of
+    the OR of channel ``8 g + k``'s word shifted by ``k`` is pixel ``j``'s byte of group
+    ``g``; it goes to ``doff[pixel] + g``. The loop over a channel's words is inside (it
+    vectorizes). ``ones``: the word with every byte 1 (a value other than 0/1 sets a bit
     outside it)."""
     TB, Cin, nw = sw.shape
     n = sw.itemsize
@@ -1007,32 +1015,87 @@ def _pack_bytes(sw, pk, Cb, doff, ones, planes):
         dst = pk[item]
         dst[:] = 0
         big = np.uint64(0)
-        if planes:
-            plane = np.empty(nw, sw.dtype)
-            planeb = plane.view(np.uint8)
-            for g in range(Cb):
-                src = sw[item, 8 * g]
+        plane = np.empty(nw, sw.dtype)
+        planeb = plane.view(np.uint8)
+        for g in range(Cb):
+            src = sw[item, 8 * g]
+            for i in range(nw):
+                plane[i] = src[i]
+                big |= src[i]
+            for k in range(1, min(8, Cin - 8 * g)):
+                src = sw[item, 8 * g + k]
                 for i in range(nw):
-                    plane[i] = src[i]
-                    big |= src[i]
-                for k in range(1, min(8, Cin - 8 * g)):
-                    src = sw[item, 8 * g + k]
-                    for i in range(nw):
-                        word = src[i]
-                        big |= word
-                        plane[i] |= word << k
-                for p in range(nw * n):
-                    dst[doff[p] + g] = planeb[p]
-        else:
-            for g in range(Cb):
-                for i in range(nw):
-                    m = np.uint64(0)
-                    for k in range(min(8, Cin - 8 * g)):
-                        word = np.uint64(sw[item, 8 * g + k, i])
-                        big |= word
-                        m |= word << np.uint64(k)
-                    for j in range(n):
-                        dst[doff[i * n + j] + g] = np.uint8((m >> np.uint64(8 * j)) & np.uint64(0xFF))
+                    word = src[i]
+                    big |= word
+                    plane[i] |= word << k
+            for p in range(nw * n):
+                dst[doff[p] + g] = planeb[p]
+        bad[item] = (big & ~ones) != np.uint64(0)
+    return bad.any()
+
+
+@numba.njit(cache=True, inline="always")
+def _load_pixels(src, off, n):
+    """``n`` (8, 4, 2 or 1) bytes of ``src`` from ``off`` as a uint64."""
+    if n == 8:
+        return _load_u64(src, off)
+    if n == 4:
+        return _load_u32(src, off)
+    if n == 2:
+        return _load_u16(src, off)
+    return _load_u8(src, off)
+
+
+@numba.njit(parallel=True, cache=True)
+def _pack_words(s8, pk, Cin, HW, Cb, doff, n, ones):
+    """``_pack`` of uint8 spikes ``s8 [T * B, Cin * H * W]`` on small maps, the loop over a
+    group's 8 channels inside: per group and word of ``n`` pixels, the OR of the 8 channels'
+    words shifted by the channel is the ``n`` pixels' bytes of the group. Loads at byte
+    offsets (``_load_u64`` and kin: no index arithmetic or checks per word, a whole group's
+    8 loads unrolled). A 1x1 map has its channels in a row: 8 channel bytes -> their bits by
+    one multiply (``_PACK8``). ``ones``: as ``_pack_bytes``."""
+    TB = s8.shape[0]
+    full = Cin // 8
+    nw = HW // n
+    bad = np.zeros(TB, np.uint8)
+    for item in numba.prange(TB):
+        src = s8[item]
+        dst = pk[item]
+        dst[:] = 0
+        big = np.uint64(0)
+        if HW == 1:
+            d0 = doff[0]
+            for g in range(full):
+                w = _load_u64(src, 8 * g)
+                big |= w
+                dst[d0 + g] = np.uint8((w * _PACK8) >> np.uint64(56))
+            if full < Cb:
+                m = np.uint64(0)
+                for k in range(Cin - 8 * full):
+                    w = _load_u8(src, 8 * full + k)
+                    big |= w
+                    m |= w << np.uint64(k)
+                dst[d0 + full] = np.uint8(m)
+            # 8 channel bytes a word here, not n = 1 pixel's
+            bad[item] = (big & ~_SUM8) != np.uint64(0)
+            continue
+        for g in range(Cb):
+            kn = min(8, Cin - 8 * g)
+            for i in range(nw):
+                m = np.uint64(0)
+                o = 8 * g * HW + i * n
+                if kn == 8:
+                    for k in range(8):
+                        w = _load_pixels(src, o + k * HW, n)
+                        big |= w
+                        m |= w << np.uint64(k)
+                else:
+                    for k in range(kn):
+                        w = _load_pixels(src, o + k * HW, n)
+                        big |= w
+                        m |= w << np.uint64(k)
+                for j in range(n):
+                    dst[doff[i * n + j] + g] = np.uint8((m >> np.uint64(8 * j)) & np.uint64(0xFF))
         bad[item] = (big & ~ones) != np.uint64(0)
     return bad.any()
 

@@ -202,8 +202,28 @@ def _store_twin(nbytes: int):
     return store
 
 
+def _load_codegen(bits: int):
+    def codegen(context, builder, sig, args):
+        aty, oty = sig.args
+        arr = context.make_array(aty)(context, builder, args[0])
+        off = context.cast(builder, args[1], oty, types.intp)
+        it = ir.IntType(bits)
+        ptr = builder.gep(builder.bitcast(arr.data, ir.IntType(8).as_pointer()), [off])
+        val = builder.load(builder.bitcast(ptr, it.as_pointer()), align=1)
+        return builder.zext(val, ir.IntType(64)) if bits < 64 else val
+    return codegen
+
+
+def _load_twin(nbytes: int):
+    def load(arr, off):
+        """Python twin of the intrinsic (NUMBA_DISABLE_JIT runs)."""
+        return np.uint64(int.from_bytes(arr.reshape(-1)[off:off + nbytes].tobytes(), "little"))
+    return load
+
+
 if numba.config.DISABLE_JIT:
     _store_u64, _store_u32 = _store_twin(8), _store_twin(4)
+    _load_u64, _load_u32, _load_u16, _load_u8 = _load_twin(8), _load_twin(4), _load_twin(2), _load_twin(1)
 else:
     def _store_intrinsic(bits: int):
         @intrinsic
@@ -215,6 +235,17 @@ else:
         return store
 
     _store_u64, _store_u32 = _store_intrinsic(64), _store_intrinsic(32)
+
+    def _load_intrinsic(bits: int):
+        @intrinsic
+        def load(typingctx, arr, off):
+            """``bits`` bits (little-endian) from bytes ``off ..`` of the uint8 array ``arr``
+            (C-contiguous, ``off`` counted from its first element) as a uint64, one load with
+            no alignment assumed and no index check."""
+            return types.uint64(arr, off), _load_codegen(bits)
+        return load
+
+    _load_u64, _load_u32, _load_u16, _load_u8 = (_load_intrinsic(b) for b in (64, 32, 16, 8))
 
 
 @numba.njit(cache=True)
