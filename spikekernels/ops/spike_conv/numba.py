@@ -293,7 +293,7 @@ def _if_epilogue(x, T, inner, thr, v, out, reset_zero, v_reset, res, rs, has_res
 
 
 def estimate_density(s: torch.Tensor) -> float:
-    """Fraction of nonzero inputs, from an evenly strided sample of at most 64K elements."""
+    """Fraction of nonzero inputs, from an evenly strided sample of about DENSITY_SAMPLE elements."""
     flat = s.reshape(-1)
     step = max(1, flat.numel() // DENSITY_SAMPLE) | 1
     sample = flat[::step]
