@@ -23,7 +23,7 @@ from spikekernels.ops.spike_conv import numba_rows
 @numba.njit
 def _loop(n, spw, ct, P, ot, spread):
     for _ in range(n):
-        numba_rows._spikes_out(spw, ct, ct, P, ot, 0, spread, numba_rows.OUT_WORDS)
+        numba_rows._spikes_out(spw, ct, ct, P, ot.reshape(-1), 0, 0, spread, numba_rows.OUT_WORDS)
 
 
 def main() -> None:

@@ -17,7 +17,8 @@ def test_plan_is_the_transpose(ct):
 
 @numba.njit
 def _out(spw, ct, nc, P, ot, c0, spread, mode):
-    numba_rows._spikes_out(spw, ct, nc, P, ot, c0, spread, mode)
+    # the block's offset split between o0 (elements) and c0 (channels): both are added
+    numba_rows._spikes_out(spw, ct, nc, P, ot.reshape(-1), c0 // 2 * P, c0 - c0 // 2, spread, mode)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])

@@ -234,7 +234,7 @@ def _event_kernel(s, words, use_words, fast_out, res_words, fast_res, spread, wr
                 else:
                     _current_row(arow, bi, sc, rrow, sbr, xr[oy * WC:(oy + 1) * WC], has_res, has_sb)
             if neuron:
-                _spikes_out(spw, ct, nc, P, ot, c0, spread, fast_out)
+                _spikes_out(spw, ct, nc, P, ot.reshape(ot.size), 0, c0, spread, fast_out)
                 continue
             for c in range(nc):
                 orow = ot[c0 + c]

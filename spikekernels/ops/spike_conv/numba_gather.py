@@ -904,6 +904,7 @@ def _if_kept_kernel(x, T, thr, v, out, fast_out, write_out, reset_zero, v_reset,
         for c in range(C):
             th[c] = thr[c % n_thr]
         n = np.uint64(0)
+        outf = out.reshape(out.size)
         for t in range(T):
             if has_sb:
                 for c in range(C):
@@ -927,7 +928,7 @@ def _if_kept_kernel(x, T, thr, v, out, fast_out, write_out, reset_zero, v_reset,
                         kt[k + g] = np.uint8((w8 * _PACK8) >> np.uint64(56))
                         n += (w8 * _SUM8) >> np.uint64(56)
             if write_out:
-                _spikes_out(spw, ct, C, P, out[t, b], 0, spread, fast_out)
+                _spikes_out(spw, ct, C, P, outf, (t * B + b) * C * P, 0, spread, fast_out)
         _membrane_out(vl, v, b, C, 0, C, ct, P)
         n_kept[b] = n
 
@@ -1311,18 +1312,27 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, c
     k_bytes = (nc + 7) // 8
     flags = ((IF_RES if has_res else 0) | (IF_SB if has_sb else 0) | (IF_ZERO if reset_zero else 0)
              | (IF_KEEP if keep else 0) | (IF_RESBITS if res_bits else 0))
+    # the [T, B] arrays every thread reads or writes go in flat, with a step's offset: a view
+    # per step costs an atomic reference count on memory shared by the threads (on a 1x1
+    # map, where a step is one pixel, about a quarter of the kernel's time)
+    pkf = pk.reshape(pk.size)
+    ktf = kept.reshape(kept.size)
+    outf = out.reshape(out.size)
+    # a uint8 residual: its bits (res_bits: the kept bits of the residual, same layout as
+    # the output's) or its bytes channels-last
+    rsrc = rkept.reshape(rkept.size) if res_bits else rr8
+    tf0, wr0, mk0, nw0 = toff[0], wrow[0], mask[0], nws[0]
     for t in range(T):
-        pt = pk[t, b]
+        tb = t * B + b
+        po = tb * pk.shape[2]
+        ko = tb * kept.shape[2] if keep else 0
+        ro = tb * rkept.shape[2] if res_bits else 0
         tr = 0 if const_res else t
         rt = res[tr] if has_res else res[0]
         if fast_res and not res_bits:
             _residual_in(res_words[tr], rt, rr8, rr8w, ct, nc, P, b * Cout + c0, spread)
-        # a uint8 residual: its bits (res_bits: the kept bits of the residual, same layout as
-        # the output's) or its bytes channels-last
-        rsrc = rkept[t, b] if res_bits else rr8
         if has_sb:
             _step_bias_row(sb[t], c0, nc, ct, Wo, sbr)
-        kt = kept[t, b] if keep else kept[0, 0]
         for oy in range(Ho):
             cy = cls_y[oy] * n_cx
             if has_res and not fast_res and not res_bits:
@@ -1334,36 +1344,36 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, c
                 # sum and IF per pixel (_if_tail), the spikes' bits straight to the kept layout
                 k_row = ((oy + KEEP_PAD) * Wk + KEEP_PAD) * Ck + c0 // 8
                 if column:
-                    base = oy * Wp * Cb + origin
+                    base = po + oy * Wp * Cb + origin
                     p = oy * Wo * ct
                     if res_bits or fast_res or not has_res:
-                        roff, rstep = (k_row, Ck) if res_bits else (p, ct)
-                        n_out += _column_row(nv, pt, base, toff[0], wrow[0], mask[0], nws[0], wt, vl, p, th, bi, sc,
-                                             sbr, rsrc, roff, sp, kt, k_row, k_bytes, flags, vr, rstep, Ck, Wo, Cb)
+                        roff, rstep = (ro + k_row, Ck) if res_bits else (p, ct)
+                        n_out += _column_row(nv, pkf, base, tf0, wr0, mk0, nw0, wt, vl, p, th, bi, sc, sbr, rsrc,
+                                             roff, sp, ktf, ko + k_row, k_bytes, flags, vr, rstep, Ck, Wo, Cb)
                     else:
-                        n_out += _column_row(nv, pt, base, toff[0], wrow[0], mask[0], nws[0], wt, vl, p, th, bi, sc,
-                                             sbr, rr, 0, sp, kt, k_row, k_bytes, flags, vr, ct, Ck, Wo, Cb)
+                        n_out += _column_row(nv, pkf, base, tf0, wr0, mk0, nw0, wt, vl, p, th, bi, sc,
+                                             sbr, rr, 0, sp, ktf, ko + k_row, k_bytes, flags, vr, ct, Ck, Wo, Cb)
                     continue
                 for ox in range(Wo):
-                    base = (oy * sy * Wp + ox * sx) * Cb + origin
+                    base = po + (oy * sy * Wp + ox * sx) * Cb + origin
                     p = oy * Wo + ox
                     c = cy + cls_x[ox]
                     if c != cls:
                         # the class's tables: views made when the class changes, not per pixel
                         cls, tf, wr, mk, nw = c, toff[c], wrow[c], mask[c], nws[c]
                     if res_bits or fast_res or not has_res:
-                        n_out += _gather_if(nv, pt, base, tf, wr, mk, nw, wt, vl, p * ct, th, bi, sc,
-                                            sbr, rsrc, k_row + ox * Ck if res_bits else p * ct, sp, kt,
-                                            k_row + ox * Ck, k_bytes, flags, vr)
+                        n_out += _gather_if(nv, pkf, base, tf, wr, mk, nw, wt, vl, p * ct, th, bi, sc,
+                                            sbr, rsrc, ro + k_row + ox * Ck if res_bits else p * ct, sp, ktf,
+                                            ko + k_row + ox * Ck, k_bytes, flags, vr)
                     else:
-                        n_out += _gather_if(nv, pt, base, tf, wr, mk, nw, wt, vl, p * ct, th, bi, sc,
-                                            sbr, rr, ox * ct, sp, kt, k_row + ox * Ck, k_bytes, flags, vr)
+                        n_out += _gather_if(nv, pkf, base, tf, wr, mk, nw, wt, vl, p * ct, th, bi, sc,
+                                            sbr, rr, ox * ct, sp, ktf, ko + k_row + ox * Ck, k_bytes, flags, vr)
                 continue
             for ox in range(Wo):
                 c = cy + cls_x[ox]
                 if c != cls:
                     cls, tf, wr, mk, nw = c, toff[c], wrow[c], mask[c], nws[c]
-                _gather_sum(nv, pt, (oy * sy * Wp + ox * sx) * Cb + origin, tf, wr, mk, nw, wt, acc, ox * ct)
+                _gather_sum(nv, pkf, po + (oy * sy * Wp + ox * sx) * Cb + origin, tf, wr, mk, nw, wt, acc, ox * ct)
             lo = oy * WC
             if fast_res:
                 _current_row(acc, bi, sc, rr8[lo:lo + WC], sbr, xr[lo:lo + WC], True, has_sb)
@@ -1371,7 +1381,7 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, c
                 _current_row(acc, bi, sc, rr, sbr, xr[lo:lo + WC], has_res, has_sb)
         if neuron:
             if write_out:
-                _spikes_out(spw, ct, nc, P, out[t, b], c0, spread, fast_out)
+                _spikes_out(spw, ct, nc, P, outf, tb * Cout * P, c0, spread, fast_out)
         else:
             ot = out[t, b]
             for c in range(nc):

@@ -254,18 +254,45 @@ else:
     _load_u64, _load_u32, _load_u16, _load_u8 = (_load_intrinsic(b) for b in (64, 32, 16, 8))
 
 
-@numba.njit(cache=True)
-def _spikes_out(spw, ct, nc, P, ot, c0, spread, mode):
-    """Channels-last spikes ``spw`` (as bytes: ``[P, ct]`` 0/1) to rows ``c0:c0+nc`` of ``ot [Cout, P]``.
+def _row8_codegen(context, builder, sig, args):
+    dty, oty, tty, ity = sig.args
+    dst = context.make_array(dty)(context, builder, args[0])
+    tbl = context.make_array(tty)(context, builder, args[2])
+    off = context.cast(builder, args[1], oty, types.intp)
+    row = context.cast(builder, args[3], ity, types.intp)
+    vt = ir.VectorType(ir.FloatType(), 8)
+    src = builder.bitcast(builder.gep(tbl.data, [builder.mul(row, ir.Constant(ir.IntType(64), 8))]), vt.as_pointer())
+    builder.store(builder.load(src, align=4), builder.bitcast(builder.gep(dst.data, [off]), vt.as_pointer()), align=4)
+    return context.get_dummy_value()
 
-    OUT_WORDS (uint8 ``ot``): with ``P`` a multiple of 64 and ``ct`` in 8, 16, 32, 64, 64
+
+if numba.config.DISABLE_JIT:
+    def _store_row8(dst, off, table, row):
+        """Python twin of the intrinsic (NUMBA_DISABLE_JIT runs)."""
+        dst.reshape(-1)[off:off + 8] = table[row]
+else:
+    @intrinsic
+    def _store_row8(typingctx, dst, off, table, row):
+        """``dst.flat[off:off + 8] = table[row]`` (float32; ``table [rows, 8]`` C-contiguous) as
+        one 8-lane vector load and store, no index check."""
+        return types.void(dst, off, table, row), _row8_codegen
+
+
+@numba.njit(cache=True)
+def _spikes_out(spw, ct, nc, P, of, o0, c0, spread, mode):
+    """Channels-last spikes ``spw`` (as bytes: ``[P, ct]`` 0/1) to rows ``c0:c0+nc`` of the
+    ``[Cout, P]`` block at element ``o0`` of the flat output ``of`` (a step and image of
+    ``out [T, B, Cout, P]``: passed flat with an offset, not as a view, since a view made per
+    step costs an atomic reference count on the output shared by every thread).
+
+    OUT_WORDS (uint8 ``of``): with ``P`` a multiple of 64 and ``ct`` in 8, 16, 32, 64, 64
     pixels at a time through ``numba_transpose.rows64`` (vector shuffles). With ``P`` = 1 the
     channels-last bytes are already the rows: 8 channels per 8-byte store. Otherwise 8
     channels x 8 pixels at a time: OR the 8 pixel words (one 0/1 byte per channel) shifted by
     the pixel into one bit matrix, then spread each channel's byte of it back to 8 bytes
     through a table: one 8-byte store per 8 spikes (unaligned, so any ``P`` takes it); the
     last ``P % 8`` pixels of a row the same way, stored as 4 bytes (a 2x2 map) or byte by byte.
-    OUT_F32_ROWS (float32 ``ot``): the same bit matrix, each channel's byte spread to 8
+    OUT_F32_ROWS (float32 ``of``): the same bit matrix, each channel's byte spread to 8
     float32 through ``_SPREAD_F32`` (a 32-byte row copy per 8 spikes); ``P`` = 1 converts the
     channel bytes in order. OUT_ELEMENTS: element by element (any dtype).
     On one thread the bit matrix took 0.14-0.44 ns per spike slot (uint8) on 2x2-14x14 maps
@@ -275,7 +302,7 @@ def _spikes_out(spw, ct, nc, P, ot, c0, spread, mode):
         # 64 pixels at a time by vector shuffles (numba_transpose)
         sp = spw.view(np.uint8)
         for pb in range(P // 64):
-            rows64(ct, sp, pb * 64 * ct, ot, c0 * P + pb * 64, P, nc)
+            rows64(ct, sp, pb * 64 * ct, of, o0 + c0 * P + pb * 64, P, nc)
         return
     sp = spw.view(np.uint8)
     if mode == OUT_ELEMENTS:
@@ -283,19 +310,19 @@ def _spikes_out(spw, ct, nc, P, ot, c0, spread, mode):
         # pixels: ResNet-18's 2x2 and 1x1 layers)
         for c in range(nc):
             for p in range(P):
-                ot[c0 + c, p] = sp[p * ct + c]
+                of[o0 + (c0 + c) * P + p] = sp[p * ct + c]
         return
     cg = ct // 8
     if P == 1:
         # [1, ct] channels-last already is the channel row
         if mode == OUT_WORDS:
             for g in range(nc // 8):
-                _store_u64(ot, c0 + 8 * g, spw[g])
+                _store_u64(of, o0 + c0 + 8 * g, spw[g])
             for c in range(nc // 8 * 8, nc):
-                ot[c0 + c, 0] = sp[c]
+                of[o0 + c0 + c] = sp[c]
         else:
             for c in range(nc):
-                ot[c0 + c, 0] = np.float32(sp[c])
+                of[o0 + c0 + c] = np.float32(sp[c])
         return
     n = P % 8
     for g in range(cg):
@@ -306,13 +333,11 @@ def _spikes_out(spw, ct, nc, P, ot, c0, spread, mode):
                 m |= spw[(pb * 8 + j) * cg + g] << np.uint64(j)
             for k in range(kn):
                 bits = np.int64((m >> np.uint64(8 * k)) & np.uint64(0xFF))
-                c = c0 + 8 * g + k
+                o = o0 + (c0 + 8 * g + k) * P + 8 * pb
                 if mode == OUT_WORDS:
-                    _store_u64(ot, c * P + 8 * pb, spread[bits])
+                    _store_u64(of, o, spread[bits])
                 else:
-                    orow = ot[c]
-                    for j in range(8):
-                        orow[8 * pb + j] = _SPREAD_F32[bits, j]
+                    _store_row8(of, o, _SPREAD_F32, bits)
         if n == 0:
             continue
         # the last n pixels of each row
@@ -322,20 +347,17 @@ def _spikes_out(spw, ct, nc, P, ot, c0, spread, mode):
             m |= spw[(p0 + j) * cg + g] << np.uint64(j)
         for k in range(kn):
             bits = np.int64((m >> np.uint64(8 * k)) & np.uint64(0xFF))
-            c = c0 + 8 * g + k
+            o = o0 + (c0 + 8 * g + k) * P + p0
             if mode == OUT_WORDS:
                 wv = spread[bits]
                 if n == 4:
-                    _store_u32(ot, c * P + p0, wv)
+                    _store_u32(of, o, wv)
                 else:
                     for j in range(n):
-                        ot[c, p0 + j] = np.uint8((wv >> np.uint64(8 * j)) & np.uint64(0xFF))
-            elif n == 4:
-                for j in range(4):
-                    ot[c, p0 + j] = _SPREAD_F32[bits, j]
+                        of[o + j] = np.uint8((wv >> np.uint64(8 * j)) & np.uint64(0xFF))
             else:
                 for j in range(n):
-                    ot[c, p0 + j] = _SPREAD_F32[bits, j]
+                    of[o + j] = _SPREAD_F32[bits, j]
 
 
 @numba.njit(cache=True, inline="always")
