@@ -966,8 +966,8 @@ def if_scan_kept(x: torch.Tensor, thr: torch.Tensor, v: torch.Tensor, out: torch
 _PIXEL_WORDS = {8: np.uint64, 4: np.uint32, 2: np.uint16, 1: np.uint8}
 # words of n pixels per channel from which _pack_bytes's planes (the loop over a channel's words
 # inside, vectorized) beat _pack_words (the loop over a group's 8 channels inside, no index
-# checks): 4.1-4.5 MB of ResNet-20/18's maps ran 1.3-1.6x faster as words up to 8 words a
-# channel, 1.3x slower from 32 (bench/RESULTS.md "Session 13")
+# checks): ResNet-18's 8x8 to 2x2 maps (up to 8 words a channel) ran 1.2-1.6x faster as words
+# (1x1: 4.3x), 16x16, 14x14 and 7x7 (32-49 words) 1.3-2.3x slower (bench/RESULTS.md "Session 13")
 PLANES_WORDS = 16
 
 
@@ -1158,7 +1158,10 @@ def _pack_float_words(s, pk, Cin, HW, Cb, doff, n, spread):
     floats are one vector compare (``_float_bits8`` / ``_float_bits4``: their nonzero bits, and
     the bits of values other than 0/1), spread to bytes through ``spread`` (``_SPREAD``) and
     shifted by the channel, so the OR is the ``n`` pixels' bytes of the group. A 1x1 map has
-    its 8 channels of a group side by side: one compare is the byte."""
+    its 8 channels of a group side by side: one compare is the byte. The loop is
+    ``_pack_words``'s with the float32 steps: one kernel for both dtypes with a runtime switch
+    ran 1.1-1.6x slower on uint8 maps (the switch stays in the loops), and Numba's literal
+    dispatch of the switch cost 0.4 s a call (bench/RESULTS.md "Session 13")."""
     TB = s.shape[0]
     full = Cin // 8
     nw = HW // n

@@ -254,28 +254,41 @@ else:
     _load_u64, _load_u32, _load_u16, _load_u8 = (_load_intrinsic(b) for b in (64, 32, 16, 8))
 
 
-def _row8_codegen(context, builder, sig, args):
-    dty, oty, tty, ity = sig.args
-    dst = context.make_array(dty)(context, builder, args[0])
-    tbl = context.make_array(tty)(context, builder, args[2])
-    off = context.cast(builder, args[1], oty, types.intp)
-    row = context.cast(builder, args[3], ity, types.intp)
-    vt = ir.VectorType(ir.FloatType(), 8)
-    src = builder.bitcast(builder.gep(tbl.data, [builder.mul(row, ir.Constant(ir.IntType(64), 8))]), vt.as_pointer())
-    builder.store(builder.load(src, align=4), builder.bitcast(builder.gep(dst.data, [off]), vt.as_pointer()), align=4)
-    return context.get_dummy_value()
+def _row_codegen(lanes: int):
+    def codegen(context, builder, sig, args):
+        dty, oty, tty, ity = sig.args
+        dst = context.make_array(dty)(context, builder, args[0])
+        tbl = context.make_array(tty)(context, builder, args[2])
+        off = context.cast(builder, args[1], oty, types.intp)
+        row = context.cast(builder, args[3], ity, types.intp)
+        vt = ir.VectorType(ir.FloatType(), lanes)
+        first = builder.mul(row, ir.Constant(ir.IntType(64), 8))
+        src = builder.bitcast(builder.gep(tbl.data, [first]), vt.as_pointer())
+        builder.store(builder.load(src, align=4), builder.bitcast(builder.gep(dst.data, [off]), vt.as_pointer()),
+                      align=4)
+        return context.get_dummy_value()
+    return codegen
+
+
+def _row_twin(lanes: int):
+    def store_row(dst, off, table, row):
+        """Python twin of the intrinsic (NUMBA_DISABLE_JIT runs)."""
+        dst.reshape(-1)[off:off + lanes] = table[row, :lanes]
+    return store_row
 
 
 if numba.config.DISABLE_JIT:
-    def _store_row8(dst, off, table, row):
-        """Python twin of the intrinsic (NUMBA_DISABLE_JIT runs)."""
-        dst.reshape(-1)[off:off + 8] = table[row]
+    _store_row8, _store_row4 = _row_twin(8), _row_twin(4)
 else:
-    @intrinsic
-    def _store_row8(typingctx, dst, off, table, row):
-        """``dst.flat[off:off + 8] = table[row]`` (float32; ``table [rows, 8]`` C-contiguous) as
-        one 8-lane vector load and store, no index check."""
-        return types.void(dst, off, table, row), _row8_codegen
+    def _row_intrinsic(lanes: int):
+        @intrinsic
+        def store_row(typingctx, dst, off, table, row):
+            """``dst.flat[off:off + lanes] = table[row, :lanes]`` (float32; ``table [rows, 8]``
+            C-contiguous) as one vector load and store, no index check."""
+            return types.void(dst, off, table, row), _row_codegen(lanes)
+        return store_row
+
+    _store_row8, _store_row4 = _row_intrinsic(8), _row_intrinsic(4)
 
 
 @numba.njit(cache=True)
@@ -295,8 +308,9 @@ def _spikes_out(spw, ct, nc, P, of, o0, c0, spread, mode):
     OUT_F32_ROWS (float32 ``of``): the same bit matrix, each channel's byte spread to 8
     float32 through ``_SPREAD_F32`` (a 32-byte row copy per 8 spikes); ``P`` = 1 converts the
     channel bytes in order. OUT_ELEMENTS: element by element (any dtype).
-    On one thread the bit matrix took 0.14-0.44 ns per spike slot (uint8) on 2x2-14x14 maps
-    where the element loop took 0.22-1.5 ns (bench/RESULTS.md "Session 13").
+    On one thread, per spike slot, against session 12's element loop: 1.2-2.8x on 1x1, 2x2,
+    7x7 and 14x14 maps with uint8 spikes, 1.05-2.4x with float32 (bench/RESULTS.md
+    "Session 13").
     """
     if mode == OUT_WORDS and P % 64 == 0 and (ct == 8 or ct == 16 or ct == 32 or ct == 64):
         # 64 pixels at a time by vector shuffles (numba_transpose)
@@ -355,6 +369,8 @@ def _spikes_out(spw, ct, nc, P, of, o0, c0, spread, mode):
                 else:
                     for j in range(n):
                         of[o + j] = np.uint8((wv >> np.uint64(8 * j)) & np.uint64(0xFF))
+            elif n == 4:
+                _store_row4(of, o, _SPREAD_F32, bits)
             else:
                 for j in range(n):
                     of[o + j] = _SPREAD_F32[bits, j]
