@@ -308,7 +308,7 @@ def _spikes_out(spw, ct, nc, P, of, o0, c0, spread, mode):
     OUT_F32_ROWS (float32 ``of``): the same bit matrix, each channel's byte spread to 8
     float32 through ``_SPREAD_F32`` (a 32-byte row copy per 8 spikes); ``P`` = 1 converts the
     channel bytes in order. OUT_ELEMENTS: element by element (any dtype).
-    On one thread, per spike slot, against session 12's element loop: 1.2-2.8x on 1x1, 2x2,
+    On one thread, per spike slot, against session 12's element loop: 1.1-2.8x on 1x1, 2x2,
     7x7 and 14x14 maps with uint8 spikes, 1.05-2.4x with float32 (bench/RESULTS.md
     "Session 13").
     """
