@@ -1288,7 +1288,9 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, c
     P = Ho * Wo
     WC = Wo * ct
     n_cx = cls_x.max() + 1
-    cls, tf, wr, mk, nw = 0, toff[0], wrow[0], mask[0], nws[0]
+    # class 0's tables (the column kernel's only ones); the class of the current pixel
+    tf0, wr0, mk0, nw0 = toff[0], wrow[0], mask[0], nws[0]
+    cls, tf, wr, mk, nw = 0, tf0, wr0, mk0, nw0
     const_res = res.shape[0] == 1
     vr = np.float32(v_reset)
     b, tile = (item % B, item // B) if tile_major else (item // n_tiles, item % n_tiles)
@@ -1324,7 +1326,6 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, c
     # a uint8 residual: its bits (res_bits: the kept bits of the residual, same layout as
     # the output's) or its bytes channels-last
     rsrc = rkept.reshape(rkept.size) if res_bits else rr8
-    tf0, wr0, mk0, nw0 = toff[0], wrow[0], mask[0], nws[0]
     for t in range(T):
         tb = t * B + b
         po = tb * pk.shape[2]

@@ -187,15 +187,21 @@ def _step_bias_row(sbt, c0, nc, ct, Wo, row):
             row[ox * ct + c] = sbt[c0 + c]
 
 
+def _byte_pointer(context, builder, sig, args, it):
+    """A pointer of type ``it*`` to byte ``args[1]`` of the array ``args[0]`` (an intrinsic's
+    first two arguments)."""
+    arr = context.make_array(sig.args[0])(context, builder, args[0])
+    off = context.cast(builder, args[1], sig.args[1], types.intp)
+    ptr = builder.gep(builder.bitcast(arr.data, ir.IntType(8).as_pointer()), [off])
+    return builder.bitcast(ptr, it.as_pointer())
+
+
 def _store_codegen(bits: int):
     def codegen(context, builder, sig, args):
-        aty, oty, vty = sig.args
-        arr = context.make_array(aty)(context, builder, args[0])
-        off = context.cast(builder, args[1], oty, types.intp)
-        val = context.cast(builder, args[2], vty, types.uint64)
         it = ir.IntType(bits)
-        ptr = builder.gep(builder.bitcast(arr.data, ir.IntType(8).as_pointer()), [off])
-        builder.store(builder.trunc(val, it) if bits < 64 else val, builder.bitcast(ptr, it.as_pointer()), align=1)
+        val = context.cast(builder, args[2], sig.args[2], types.uint64)
+        builder.store(builder.trunc(val, it) if bits < 64 else val, _byte_pointer(context, builder, sig, args, it),
+                      align=1)
         return context.get_dummy_value()
     return codegen
 
@@ -210,12 +216,7 @@ def _store_twin(nbytes: int):
 
 def _load_codegen(bits: int):
     def codegen(context, builder, sig, args):
-        aty, oty = sig.args
-        arr = context.make_array(aty)(context, builder, args[0])
-        off = context.cast(builder, args[1], oty, types.intp)
-        it = ir.IntType(bits)
-        ptr = builder.gep(builder.bitcast(arr.data, ir.IntType(8).as_pointer()), [off])
-        val = builder.load(builder.bitcast(ptr, it.as_pointer()), align=1)
+        val = builder.load(_byte_pointer(context, builder, sig, args, ir.IntType(bits)), align=1)
         return builder.zext(val, ir.IntType(64)) if bits < 64 else val
     return codegen
 
@@ -306,19 +307,20 @@ def _spikes_out(spw, ct, nc, P, of, o0, c0, spread, mode):
     through a table: one 8-byte store per 8 spikes (unaligned, so any ``P`` takes it); the
     last ``P % 8`` pixels of a row the same way, stored as 4 bytes (a 2x2 map) or byte by byte.
     OUT_F32_ROWS (float32 ``of``): the same bit matrix, each channel's byte spread to 8
-    float32 through ``_SPREAD_F32`` (a 32-byte row copy per 8 spikes); ``P`` = 1 converts the
-    channel bytes in order. OUT_ELEMENTS: element by element (any dtype).
+    float32 through ``_SPREAD_F32`` (one 8-lane vector store per 8 spikes, a 4-lane one for a
+    tail of 4, element by element for other tails); ``P`` = 1 converts the channel bytes in
+    order. The full 8-pixel blocks and the tail are separate loops: one loop over blocks of
+    ``min(8, P - 8 pb)`` pixels kept the width's branches in the hot loop. OUT_ELEMENTS: element by element (any dtype).
     On one thread, per spike slot, against session 12's element loop: 1.1-2.8x on 1x1, 2x2,
     7x7 and 14x14 maps with uint8 spikes, 1.05-2.4x with float32 (bench/RESULTS.md
     "Session 13").
     """
+    sp = spw.view(np.uint8)
     if mode == OUT_WORDS and P % 64 == 0 and (ct == 8 or ct == 16 or ct == 32 or ct == 64):
         # 64 pixels at a time by vector shuffles (numba_transpose)
-        sp = spw.view(np.uint8)
         for pb in range(P // 64):
             rows64(ct, sp, pb * 64 * ct, of, o0 + c0 * P + pb * 64, P, nc)
         return
-    sp = spw.view(np.uint8)
     if mode == OUT_ELEMENTS:
         # indexed, not through a row view per channel (a view costs more than a row of a few
         # pixels: ResNet-18's 2x2 and 1x1 layers)
