@@ -15,6 +15,40 @@ def test_plan_is_the_transpose(ct):
     assert len(stages) == ct.bit_length() - 1 and all(len(ops) == ct for ops in stages)
 
 
+@pytest.mark.parametrize("P, ct", numba_transpose.BLOCKS)
+def test_block_plan_is_the_transpose(P, ct):
+    """A block of P < 64 pixels: each 64-byte output vector holds 64 / P whole channel rows."""
+    flat = np.array([[p * ct + c for p in range(P)] for c in range(ct)]).reshape(-1, 64)
+    assert np.array_equal(numba_transpose.plan_check(ct, P), flat)
+    stages, _ = numba_transpose._plan(ct, P)
+    n = P * ct // 64
+    assert len(stages) == max(1, n.bit_length() - 1)
+
+
+@numba.njit
+def _block(src, dst, d0, P, ct):
+    numba_transpose.block_rows(src, 0, dst, d0, P, ct)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("P, ct", numba_transpose.BLOCKS)
+def test_block_rows(P, ct, dtype):
+    """block_rows writes exactly the [ct, P] block at d0 (bytes or floats), nothing around it."""
+    rng = np.random.default_rng(P * ct)
+    sp = (rng.random(P * ct) < 0.4).astype(np.uint8)
+    dst = np.full(P * ct + 10, 7, dtype)
+    _block(sp.view(np.uint64), dst, 3, P, ct)
+    want = np.full_like(dst, 7)
+    want[3:3 + P * ct] = sp.reshape(P, ct).T.reshape(-1)
+    assert np.array_equal(dst, want)
+    assert numba_transpose.block_fits(P, ct)
+
+
+def test_block_fits_only_blocks():
+    fits = {(P, ct) for P in range(1, 70) for ct in range(1, 70) if numba_transpose.block_fits(P, ct)}
+    assert fits == set(numba_transpose.BLOCKS)
+
+
 @numba.njit
 def _out(spw, ct, nc, P, ot, c0, spread, mode):
     # the block's offset split between o0 (elements) and c0 (channels): both are added
@@ -23,7 +57,7 @@ def _out(spw, ct, nc, P, ot, c0, spread, mode):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 @pytest.mark.parametrize("ct", numba_transpose.WIDTHS + (24,))
-@pytest.mark.parametrize("P", [64, 192, 1024, 72, 1, 2, 3, 4, 12, 16, 49, 196])
+@pytest.mark.parametrize("P", [64, 192, 1024, 72, 1, 2, 3, 4, 8, 12, 16, 32, 49, 196])
 def test_spikes_out_rows(ct, P, dtype):
     """Rows c0 .. c0+nc of [Cout, P] from channels-last bytes, the other rows untouched (uint8,
     P a multiple of 64: the shuffles; P = 1: the channel-row copy; others: the bit-matrix

@@ -1332,18 +1332,19 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, c
         ko = tb * kept.shape[2] if keep else 0
         ro = tb * rkept.shape[2] if res_bits else 0
         tr = 0 if const_res else t
-        rt = res[tr] if has_res else res[0]
         if fast_res and not res_bits:
-            _residual_in(res_words[tr], rt, rr8, rr8w, ct, nc, P, b * Cout + c0, spread)
+            _residual_in(res_words[tr], res[tr], rr8, rr8w, ct, nc, P, b * Cout + c0, spread)
         if has_sb:
             _step_bias_row(sb[t], c0, nc, ct, Wo, sbr)
         for oy in range(Ho):
             cy = cls_y[oy] * n_cx
             if has_res and not fast_res and not res_bits:
+                # indexed, not a view per row or channel (a view is a reference count on the
+                # residual every thread reads)
                 for c in range(nc):
-                    src = rt[(b * Cout + c0 + c) * P + oy * Wo:(b * Cout + c0 + c) * P + (oy + 1) * Wo]
+                    r0 = (b * Cout + c0 + c) * P + oy * Wo
                     for ox in range(Wo):
-                        rr[ox * ct + c] = np.float32(src[ox])
+                        rr[ox * ct + c] = np.float32(res[tr, r0 + ox])
             if neuron:
                 # sum and IF per pixel (_if_tail), the spikes' bits straight to the kept layout
                 k_row = ((oy + KEEP_PAD) * Wk + KEEP_PAD) * Ck + c0 // 8

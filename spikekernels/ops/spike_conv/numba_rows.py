@@ -14,7 +14,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .numba_transpose import rows64
+from .numba_transpose import block_fits, block_rows, rows64
 
 # byte b -> uint64 whose byte j is bit j of b
 _SPREAD = np.array([sum(((b >> j) & 1) << (8 * j) for j in range(8)) for b in range(256)], np.uint64)
@@ -292,8 +292,26 @@ else:
     _store_row8, _store_row4 = _row_intrinsic(8), _row_intrinsic(4)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _spikes_out(spw, ct, nc, P, of, o0, c0, spread, mode):
+    """Channels-last spikes ``spw`` (as bytes: ``[P, ct]`` 0/1) to rows ``c0:c0+nc`` of the
+    ``[Cout, P]`` block at element ``o0`` of the flat output ``of``.
+
+    A whole tile (``nc == ct``) of a small map (``(P, ct)`` in ``numba_transpose.BLOCKS``:
+    ResNet-18's 4x4 and 2x2 maps on CIFAR) is a contiguous ``[ct, P]`` block of the output:
+    one shuffle network (``block_rows``), inline, so the call costs no reference counts on the
+    shared output (a call of ``_spikes_rows`` takes one on each array argument at entry and
+    returns it at exit: atomic adds that both threads make on the same memory). Everything
+    else: ``_spikes_rows``.
+    """
+    if mode != OUT_ELEMENTS and nc == ct and block_fits(P, ct):
+        block_rows(spw, 0, of, o0 + c0 * P, P, ct)
+    else:
+        _spikes_rows(spw, ct, nc, P, of, o0, c0, spread, mode)
+
+
+@numba.njit(cache=True)
+def _spikes_rows(spw, ct, nc, P, of, o0, c0, spread, mode):
     """Channels-last spikes ``spw`` (as bytes: ``[P, ct]`` 0/1) to rows ``c0:c0+nc`` of the
     ``[Cout, P]`` block at element ``o0`` of the flat output ``of`` (a step and image of
     ``out [T, B, Cout, P]``: passed flat with an offset, not as a view, since a view made per

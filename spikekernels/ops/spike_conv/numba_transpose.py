@@ -26,15 +26,19 @@ from numba.extending import intrinsic
 WIDTHS = (8, 16, 32, 64)
 
 
-def _plan(ct: int) -> tuple[list, list]:
-    """The shuffle stages for ``ct`` channels: ``(stages, final)``; each stage is a list of
-    ``(a, b, mask)`` (output vector = lanes ``mask`` of vectors ``a`` and ``b`` of the previous
-    stage, ``mask`` < 64 from ``a``, >= 64 from ``b``); ``final[c]``: the vector holding
-    channel ``c`` after the last stage, its pixels in order."""
+def _plan(ct: int, P: int = 64) -> tuple[list, list]:
+    """The shuffle stages that turn a block of ``P`` pixels x ``ct`` channels held
+    channels-last (``P · ct / 64`` vectors of 64 bytes) into the same block channel by channel
+    (``[ct, P]``): ``(stages, final)``. Each stage is a list of ``(a, b, mask)`` (output vector
+    = lanes ``mask`` of vectors ``a`` and ``b`` of the previous stage, ``mask`` < 64 from
+    ``a``, >= 64 from ``b``; ``b == a`` for the one-vector permute of a 64-byte block);
+    ``final[k]``: the vector holding bytes ``64 k .. 64 k + 63`` of the ``[ct, P]`` block
+    after the last stage (``P`` = 64: channel ``k``'s 64 pixels)."""
     per = 64 // ct
-    vecs = [[(i * per + j // ct, j % ct) for j in range(64)] for i in range(ct)]
+    vecs = [[(i * per + j // ct, j % ct) for j in range(64)] for i in range(P * ct // 64)]
     stages = []
-    while any(len({c for _, c in v}) > 1 for v in vecs):
+    width = max(1, 64 // P)
+    while any(len({c for _, c in v}) > width for v in vecs):
         groups: dict = {}
         for i, v in enumerate(vecs):
             groups.setdefault(tuple(sorted({c for _, c in v})), []).append(i)
@@ -50,10 +54,16 @@ def _plan(ct: int) -> tuple[list, list]:
                     new.append(want)
         stages.append(ops)
         vecs = new
-    final = [0] * ct
+    if len(vecs) == 1 and vecs[0] != sorted(vecs[0], key=lambda e: (e[1], e[0])):
+        # one vector (P · ct = 64): a single permute puts it in channel order
+        want = sorted(vecs[0], key=lambda e: (e[1], e[0]))
+        stages.append([(0, 0, [vecs[0].index(e) for e in want])])
+        vecs = [want]
+    final = [0] * len(vecs)
     for i, v in enumerate(vecs):
-        assert [p for p, _ in v] == list(range(64))
-        final[v[0][1]] = i
+        c0 = v[0][1]
+        assert v == [(j % P, c0 + j // P) for j in range(64)]
+        final[c0 * P // 64] = i
     return stages, final
 
 
@@ -119,11 +129,73 @@ def rows64(ct, src, s0, dst, d0, stride, nc):
         _r64(src, s0, dst, d0, stride, nc)
 
 
-def plan_check(ct: int) -> np.ndarray:
-    """The network of ``_plan(ct)`` applied in numpy to lane labels: ``[ct, 64]`` source lanes
-    (for tests)."""
-    stages, final = _plan(ct)
-    vecs = [np.arange(64 * i, 64 * i + 64) for i in range(ct)]
+# (pixels P, channels ct) of the blocks below 64 pixels with a shuffle network (block_rows):
+# the [ct, P] block is 1 to 16 vectors of 64 bytes
+BLOCKS = tuple((P, ct) for ct in WIDTHS for P in (2, 4, 8, 16, 32) if 64 <= P * ct <= 1024)
+
+
+@numba.njit(cache=True, inline="always")
+def block_fits(P, ct):
+    """Whether ``block_rows`` takes a block of ``P`` pixels x ``ct`` channels (one of BLOCKS)."""
+    return (2 <= P <= 32 and (P & (P - 1)) == 0 and (ct == 8 or ct == 16 or ct == 32 or ct == 64)
+            and 64 <= P * ct <= 1024)
+
+
+def _block_codegen(context, builder, sig, args):
+    src_t, _, dst_t, _, _, _ = sig.args
+    src = context.make_array(src_t)(context, builder, args[0])
+    dst = context.make_array(dst_t)(context, builder, args[2])
+    s0, d0, P, ct = (context.cast(builder, args[k], sig.args[k], types.int64) for k in (1, 3, 4, 5))
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    v64 = ir.VectorType(i8, 64)
+    sp = builder.gep(builder.bitcast(src.data, i8.as_pointer()), [s0])
+    floats = isinstance(dst_t.dtype, types.Float)
+    elem = ir.FloatType() if floats else i8
+    dp = builder.gep(builder.bitcast(dst.data, elem.as_pointer()), [d0])
+    end = builder.append_basic_block("block_end")
+    switch = builder.switch(builder.add(builder.mul(P, ir.Constant(i64, 256)), ct), end)
+    for bp, bct in BLOCKS:
+        stages, final = _plan(bct, bp)
+        case = builder.append_basic_block(f"block_{bp}x{bct}")
+        switch.add_case(ir.Constant(i64, 256 * bp + bct), case)
+        builder.position_at_end(case)
+        vecs = [builder.load(builder.bitcast(builder.gep(sp, [ir.Constant(i64, 64 * i)]), v64.as_pointer()),
+                             align=1) for i in range(bp * bct // 64)]
+        for ops in stages:
+            vecs = [builder.shuffle_vector(vecs[a], vecs[b], ir.Constant(ir.VectorType(i32, 64), mask))
+                    for a, b, mask in ops]
+        for k, i in enumerate(final):
+            value = builder.uitofp(vecs[i], ir.VectorType(elem, 64)) if floats else vecs[i]
+            ptr = builder.gep(dp, [ir.Constant(i64, 64 * k)])
+            builder.store(value, builder.bitcast(ptr, ir.VectorType(elem, 64).as_pointer()), align=1)
+        builder.branch(end)
+    builder.position_at_end(end)
+    return context.get_dummy_value()
+
+
+if numba.config.DISABLE_JIT:
+    def block_rows(src, s0, dst, d0, P, ct):
+        """Python twin of the intrinsic (NUMBA_DISABLE_JIT runs)."""
+        block = src.view(np.uint8)[s0:s0 + P * ct].reshape(P, ct)
+        dst.reshape(-1)[d0:d0 + P * ct] = block.T.reshape(-1)
+else:
+    @intrinsic
+    def block_rows(typingctx, src, s0, dst, d0, P, ct):
+        """``dst.flat[d0 + c·P + p] = src bytes[s0 + p·ct + c]`` for a block of ``P`` pixels x
+        ``ct`` channels, ``(P, ct)`` one of BLOCKS (others: nothing is written; see
+        ``block_fits``): the ``[ct, P]`` block is contiguous in ``dst``, so the channels-last
+        bytes go through ``log2(P · ct / 64)`` stages of ``_plan(ct, P)``'s shuffles and
+        leave as whole 64-byte vectors (uint8 ``dst``) or 64 floats (float32 ``dst``, the 0/1
+        bytes converted). ``src``: a C-contiguous uint8 or uint64 array (offset in bytes),
+        ``dst`` C-contiguous uint8 or float32."""
+        return types.void(src, s0, dst, d0, P, ct), _block_codegen
+
+
+def plan_check(ct: int, P: int = 64) -> np.ndarray:
+    """The network of ``_plan(ct, P)`` applied in numpy to lane labels: ``[P · ct / 64, 64]``
+    source lanes of each output vector (for tests)."""
+    stages, final = _plan(ct, P)
+    vecs = [np.arange(64 * i, 64 * i + 64) for i in range(P * ct // 64)]
     for ops in stages:
         vecs = [np.concatenate([vecs[a], vecs[b]])[mask] for a, b, mask in ops]
-    return np.stack([vecs[final[c]] for c in range(ct)])
+    return np.stack([vecs[final[k]] for k in range(len(final))])
