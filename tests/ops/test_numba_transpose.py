@@ -15,7 +15,7 @@ def test_plan_is_the_transpose(ct):
     assert len(stages) == ct.bit_length() - 1 and all(len(ops) == ct for ops in stages)
 
 
-@pytest.mark.parametrize("P, ct", numba_transpose.BLOCKS)
+@pytest.mark.parametrize("P, ct", [b for b in numba_transpose.BLOCKS if b[0] > 1])
 def test_block_plan_is_the_transpose(P, ct):
     """A block of P < 64 pixels: each 64-byte output vector holds 64 / P whole channel rows."""
     flat = np.array([[p * ct + c for p in range(P)] for c in range(ct)]).reshape(-1, 64)

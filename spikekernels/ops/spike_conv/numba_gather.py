@@ -1251,17 +1251,23 @@ def _pack_floats(s, pk, Cb, doff):
 def _column_row(nv, pk, base, toff, wrow, mask, nw, w, vl, voff, th, bi, sc, sb, rr, roff, sp, kept, koff, nbytes,
                 flags, vr, rstep, kstep, Wo, Cb):
     """``_column_if`` in a function of its own: compiled once per residual type (two), not
-    inlined into every specialization of ``_gather_item`` (its code for the four tile widths
+    inlined into every specialization of ``_gather_items`` (its code for the four tile widths
     made each of those compile 1.5x as long)."""
     return _column_if(nv, pk, base, toff, wrow, mask, nw, w, vl, voff, th, bi, sc, sb, rr, roff, sp, kept, koff,
                       nbytes, flags, vr, rstep, kstep, Wo, Cb)
 
 
 @numba.njit(cache=True, fastmath=False, error_model="numpy")
-def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho, Wo, bias,
+def _gather_items(lo, hi, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho, Wo, bias,
                  thr, rs, v, out, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res,
                  neuron, sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column, tile_major):
-    """Conv + IF of work item ``item`` (an image and a channel tile of ``ct = 8 nv``), T loop inside.
+    """Conv + IF of work items ``lo .. hi - 1`` (each an image and a channel tile of ``ct = 8
+    nv``), T loop inside.
+
+    One call per thread's run of items, not per item: a call takes a reference count on each
+    array argument at entry and returns it at exit, atomic adds that every thread makes on the
+    same memory (on ResNet-18's 256->512 1x1 shortcut, 256 items a call, 21 array arguments:
+    NRT_incref / NRT_decref held 12% of the samples of a perf profile of the op).
 
     ``pk [T, B, bytes]`` bits from ``_pack``; ``toff``/``wrow``/``mask`` ``[classes, words]``
     per receptive-field word of a class of output pixels: byte offset from the pixel's corner,
@@ -1293,28 +1299,9 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, c
     cls, tf, wr, mk, nw = 0, tf0, wr0, mk0, nw0
     const_res = res.shape[0] == 1
     vr = np.float32(v_reset)
-    b, tile = (item % B, item // B) if tile_major else (item // n_tiles, item % n_tiles)
-    c0 = tile * ct
-    nc = min(ct, Cout - c0)
-    acc = np.zeros(WC, np.float32)
-    rr = np.zeros(WC, np.float32)
-    th = np.ones(WC, np.float32)
-    sc = np.zeros(WC, np.float32)
-    bi = np.zeros(WC, np.float32)
-    sbr = np.zeros(WC, np.float32)
-    vl = np.zeros(P * ct if neuron else 1, np.float32)
-    spw = np.zeros(P * nv if neuron else 1, np.uint64)
-    sp = spw.view(np.uint8)
-    xr = np.zeros(1 if neuron else P * ct, np.float32)
-    rr8w = np.zeros(P * nv if fast_res else 1, np.uint64)
-    rr8 = rr8w.view(np.uint8)
-    _tile_setup(thr, rs, bias, v, vl, b, Cout, c0, nc, ct, Wo, P, th, sc, bi, neuron)
-    wt = wg[tile]
-    n_out = np.uint64(0)
     # the kept bits: pixels of Ck bytes in rows of Wk, this tile's k_bytes of each
     Wk = Wo + 2 * KEEP_PAD
     Ck = (Cout + 7) // 8
-    k_bytes = (nc + 7) // 8
     flags = ((IF_RES if has_res else 0) | (IF_SB if has_sb else 0) | (IF_ZERO if reset_zero else 0)
              | (IF_KEEP if keep else 0) | (IF_RESBITS if res_bits else 0))
     # the [T, B] arrays every thread reads or writes go in flat, with a step's offset: a view
@@ -1323,97 +1310,121 @@ def _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, c
     pkf = pk.reshape(pk.size)
     ktf = kept.reshape(kept.size)
     outf = out.reshape(out.size)
-    # a uint8 residual: its bits (res_bits: the kept bits of the residual, same layout as
-    # the output's) or its bytes channels-last
-    rsrc = rkept.reshape(rkept.size) if res_bits else rr8
-    for t in range(T):
-        tb = t * B + b
-        po = tb * pk.shape[2]
-        ko = tb * kept.shape[2] if keep else 0
-        ro = tb * rkept.shape[2] if res_bits else 0
-        tr = 0 if const_res else t
-        if fast_res and not res_bits:
-            _residual_in(res_words[tr], res[tr], rr8, rr8w, ct, nc, P, b * Cout + c0, spread)
-        if has_sb:
-            _step_bias_row(sb[t], c0, nc, ct, Wo, sbr)
-        for oy in range(Ho):
-            cy = cls_y[oy] * n_cx
-            if has_res and not fast_res and not res_bits:
-                # indexed, not a view per row or channel (a view is a reference count on the
-                # residual every thread reads)
-                for c in range(nc):
-                    r0 = (b * Cout + c0 + c) * P + oy * Wo
+    rkf = rkept.reshape(rkept.size)
+    for item in range(lo, hi):
+        b, tile = (item % B, item // B) if tile_major else (item // n_tiles, item % n_tiles)
+        c0 = tile * ct
+        nc = min(ct, Cout - c0)
+        acc = np.zeros(WC, np.float32)
+        rr = np.zeros(WC, np.float32)
+        th = np.ones(WC, np.float32)
+        sc = np.zeros(WC, np.float32)
+        bi = np.zeros(WC, np.float32)
+        sbr = np.zeros(WC, np.float32)
+        vl = np.zeros(P * ct if neuron else 1, np.float32)
+        spw = np.zeros(P * nv if neuron else 1, np.uint64)
+        sp = spw.view(np.uint8)
+        xr = np.zeros(1 if neuron else P * ct, np.float32)
+        rr8w = np.zeros(P * nv if fast_res else 1, np.uint64)
+        rr8 = rr8w.view(np.uint8)
+        _tile_setup(thr, rs, bias, v, vl, b, Cout, c0, nc, ct, Wo, P, th, sc, bi, neuron)
+        wt = wg[tile]
+        n_out = np.uint64(0)
+        k_bytes = (nc + 7) // 8
+        # a uint8 residual: its bits (res_bits: the kept bits of the residual, same layout as
+        # the output's) or its bytes channels-last
+        rsrc = rkf if res_bits else rr8
+        for t in range(T):
+            tb = t * B + b
+            po = tb * pk.shape[2]
+            ko = tb * kept.shape[2] if keep else 0
+            ro = tb * rkept.shape[2] if res_bits else 0
+            tr = 0 if const_res else t
+            if fast_res and not res_bits:
+                _residual_in(res_words[tr], res[tr], rr8, rr8w, ct, nc, P, b * Cout + c0, spread)
+            if has_sb:
+                _step_bias_row(sb[t], c0, nc, ct, Wo, sbr)
+            for oy in range(Ho):
+                cy = cls_y[oy] * n_cx
+                if has_res and not fast_res and not res_bits:
+                    # indexed, not a view per row or channel (a view is a reference count on the
+                    # residual every thread reads)
+                    for c in range(nc):
+                        r0 = (b * Cout + c0 + c) * P + oy * Wo
+                        for ox in range(Wo):
+                            rr[ox * ct + c] = np.float32(res[tr, r0 + ox])
+                if neuron:
+                    # sum and IF per pixel (_if_tail), the spikes' bits straight to the kept layout
+                    k_row = ((oy + KEEP_PAD) * Wk + KEEP_PAD) * Ck + c0 // 8
+                    if column:
+                        base = po + oy * Wp * Cb + origin
+                        p = oy * Wo * ct
+                        if res_bits or fast_res or not has_res:
+                            roff, rstep = (ro + k_row, Ck) if res_bits else (p, ct)
+                            n_out += _column_row(nv, pkf, base, tf0, wr0, mk0, nw0, wt, vl, p, th, bi, sc, sbr, rsrc,
+                                                 roff, sp, ktf, ko + k_row, k_bytes, flags, vr, rstep, Ck, Wo, Cb)
+                        else:
+                            n_out += _column_row(nv, pkf, base, tf0, wr0, mk0, nw0, wt, vl, p, th, bi, sc,
+                                                 sbr, rr, 0, sp, ktf, ko + k_row, k_bytes, flags, vr, ct, Ck, Wo, Cb)
+                        continue
                     for ox in range(Wo):
-                        rr[ox * ct + c] = np.float32(res[tr, r0 + ox])
-            if neuron:
-                # sum and IF per pixel (_if_tail), the spikes' bits straight to the kept layout
-                k_row = ((oy + KEEP_PAD) * Wk + KEEP_PAD) * Ck + c0 // 8
-                if column:
-                    base = po + oy * Wp * Cb + origin
-                    p = oy * Wo * ct
-                    if res_bits or fast_res or not has_res:
-                        roff, rstep = (ro + k_row, Ck) if res_bits else (p, ct)
-                        n_out += _column_row(nv, pkf, base, tf0, wr0, mk0, nw0, wt, vl, p, th, bi, sc, sbr, rsrc,
-                                             roff, sp, ktf, ko + k_row, k_bytes, flags, vr, rstep, Ck, Wo, Cb)
-                    else:
-                        n_out += _column_row(nv, pkf, base, tf0, wr0, mk0, nw0, wt, vl, p, th, bi, sc,
-                                             sbr, rr, 0, sp, ktf, ko + k_row, k_bytes, flags, vr, ct, Ck, Wo, Cb)
+                        base = po + (oy * sy * Wp + ox * sx) * Cb + origin
+                        p = oy * Wo + ox
+                        c = cy + cls_x[ox]
+                        if c != cls:
+                            # the class's tables: views made when the class changes, not per pixel
+                            cls, tf, wr, mk, nw = c, toff[c], wrow[c], mask[c], nws[c]
+                        if res_bits or fast_res or not has_res:
+                            n_out += _gather_if(nv, pkf, base, tf, wr, mk, nw, wt, vl, p * ct, th, bi, sc,
+                                                sbr, rsrc, ro + k_row + ox * Ck if res_bits else p * ct, sp, ktf,
+                                                ko + k_row + ox * Ck, k_bytes, flags, vr)
+                        else:
+                            n_out += _gather_if(nv, pkf, base, tf, wr, mk, nw, wt, vl, p * ct, th, bi, sc,
+                                                sbr, rr, ox * ct, sp, ktf, ko + k_row + ox * Ck, k_bytes, flags, vr)
                     continue
                 for ox in range(Wo):
-                    base = po + (oy * sy * Wp + ox * sx) * Cb + origin
-                    p = oy * Wo + ox
                     c = cy + cls_x[ox]
                     if c != cls:
-                        # the class's tables: views made when the class changes, not per pixel
                         cls, tf, wr, mk, nw = c, toff[c], wrow[c], mask[c], nws[c]
-                    if res_bits or fast_res or not has_res:
-                        n_out += _gather_if(nv, pkf, base, tf, wr, mk, nw, wt, vl, p * ct, th, bi, sc,
-                                            sbr, rsrc, ro + k_row + ox * Ck if res_bits else p * ct, sp, ktf,
-                                            ko + k_row + ox * Ck, k_bytes, flags, vr)
-                    else:
-                        n_out += _gather_if(nv, pkf, base, tf, wr, mk, nw, wt, vl, p * ct, th, bi, sc,
-                                            sbr, rr, ox * ct, sp, ktf, ko + k_row + ox * Ck, k_bytes, flags, vr)
-                continue
-            for ox in range(Wo):
-                c = cy + cls_x[ox]
-                if c != cls:
-                    cls, tf, wr, mk, nw = c, toff[c], wrow[c], mask[c], nws[c]
-                _gather_sum(nv, pkf, po + (oy * sy * Wp + ox * sx) * Cb + origin, tf, wr, mk, nw, wt, acc, ox * ct)
-            lo = oy * WC
-            if fast_res:
-                _current_row(acc, bi, sc, rr8[lo:lo + WC], sbr, xr[lo:lo + WC], True, has_sb)
+                    _gather_sum(nv, pkf, po + (oy * sy * Wp + ox * sx) * Cb + origin, tf, wr, mk, nw, wt, acc, ox * ct)
+                lo = oy * WC
+                if fast_res:
+                    _current_row(acc, bi, sc, rr8[lo:lo + WC], sbr, xr[lo:lo + WC], True, has_sb)
+                else:
+                    _current_row(acc, bi, sc, rr, sbr, xr[lo:lo + WC], has_res, has_sb)
+            if neuron:
+                if write_out:
+                    _spikes_out(spw, ct, nc, P, outf, tb * Cout * P, c0, spread, fast_out)
             else:
-                _current_row(acc, bi, sc, rr, sbr, xr[lo:lo + WC], has_res, has_sb)
+                ot = out[t, b]
+                for c in range(nc):
+                    for p in range(P):
+                        ot[c0 + c, p] = xr[p * ct + c]
         if neuron:
-            if write_out:
-                _spikes_out(spw, ct, nc, P, outf, tb * Cout * P, c0, spread, fast_out)
-        else:
-            ot = out[t, b]
-            for c in range(nc):
-                for p in range(P):
-                    ot[c0 + c, p] = xr[p * ct + c]
-    if neuron:
-        _membrane_out(vl, v, b, Cout, c0, nc, ct, P)
-    n_kept[item] = n_out
+            _membrane_out(vl, v, b, Cout, c0, nc, ct, P)
+        n_kept[item] = n_out
 
 
 @numba.njit(parallel=True, cache=True)
 def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho, Wo, bias, thr,
                    rs, v, out, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res,
-                   neuron, sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column, tile_major):
-    """``_gather_item`` for every (image, channel tile), in parallel.
+                   neuron, sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column, tile_major,
+                   n_chunks):
+    """``_gather_items`` for every (image, channel tile), in parallel: ``n_chunks`` (the
+    threads) runs of consecutive items.
 
-    The item is a function of its own, not the body of the parallel loop. With the body in the
-    loop, the kernel loaded from Numba's cache ran slower than the same kernel freshly compiled
-    in the process (the same instructions: an effect of where the code lands, not identified
-    without performance counters): 1.3-2x on ResNet-20's 32-channel layer, 1.1-1.3x end to
-    end; split, 0.98-1.16x end to end (bench/RESULTS.md "Session 8").
+    The items are a function of their own, not the body of the parallel loop. With the body in
+    the loop, the kernel loaded from Numba's cache ran slower than the same kernel freshly
+    compiled in the process (the same instructions: an effect of where the code lands, not
+    identified without performance counters): 1.3-2x on ResNet-20's 32-channel layer, 1.1-1.3x
+    end to end; split, 0.98-1.16x end to end (bench/RESULTS.md "Session 8").
     """
-    for item in numba.prange(pk.shape[1] * n_tiles):
-        _gather_item(item, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho, Wo, bias,
-                     thr, rs, v, out, fast_out, spread, reset_zero, v_reset, res, has_res, res_words,
-                     fast_res, neuron, sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column,
-                     tile_major)
+    n_items = pk.shape[1] * n_tiles
+    for chunk in numba.prange(n_chunks):
+        _gather_items(chunk * n_items // n_chunks, (chunk + 1) * n_items // n_chunks, pk, nv, n_tiles, Wp, Cb, sy,
+                      sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho, Wo, bias, thr, rs, v, out, fast_out,
+                      spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron, sb, has_sb, origin,
+                      keep, kept, n_kept, write_out, res_bits, rkept, column, tile_major)
 
 
 def _taps_in_image(n_out: int, stride: int, k: int, pad: int, n_in: int) -> tuple[list, np.ndarray]:
@@ -1570,7 +1581,8 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
         if _pack(s.numpy().reshape(T * B, Cin, H * W), pk.reshape(T * B, -1), H, W, Cb, Wp, ph, pw):
             return False
         origin = 0
-    nv = _vectors(Cout, B, numba.get_num_threads())
+    threads = numba.get_num_threads()
+    nv = _vectors(Cout, B, threads)
     ct = 8 * nv
     n_tiles = -(-Cout // ct)
     column = _column_fits(neuron, (kh, kw), stride, Cb, nv)
@@ -1603,7 +1615,8 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, *tables, wg, Cout, Ho, Wo, bias.numpy(), thr.numpy(),
                    rs.numpy(), v_np, out4, fast_out, _SPREAD, reset_zero, v_reset, res_np,
                    res is not None, res_words, fast_res, neuron, sb_np, step_bias is not None, origin, keep, bits,
-                   n_kept, write, res_kept is not None, rkept, column, wg.nbytes > TILE_MAJOR_BYTES)
+                   n_kept, write, res_kept is not None, rkept, column, wg.nbytes > TILE_MAJOR_BYTES,
+                   min(threads, B * n_tiles))
     if stage is not None and write:
         out.copy_(stage)
     if keep:

@@ -129,16 +129,17 @@ def rows64(ct, src, s0, dst, d0, stride, nc):
         _r64(src, s0, dst, d0, stride, nc)
 
 
-# (pixels P, channels ct) of the blocks below 64 pixels with a shuffle network (block_rows):
-# the [ct, P] block is 1 to 16 vectors of 64 bytes
-BLOCKS = tuple((P, ct) for ct in WIDTHS for P in (2, 4, 8, 16, 32) if 64 <= P * ct <= 1024)
+# (pixels P, channels ct) of the blocks below 64 pixels that block_rows writes: with a shuffle
+# network (the [ct, P] block is 1 to 16 vectors of 64 bytes), or a 1x1 map (the channels-last
+# bytes already are the block: one copy)
+BLOCKS = tuple((P, ct) for ct in WIDTHS for P in (1, 2, 4, 8, 16, 32) if P == 1 or 64 <= P * ct <= 1024)
 
 
 @numba.njit(cache=True, inline="always")
 def block_fits(P, ct):
     """Whether ``block_rows`` takes a block of ``P`` pixels x ``ct`` channels (one of BLOCKS)."""
-    return (2 <= P <= 32 and (P & (P - 1)) == 0 and (ct == 8 or ct == 16 or ct == 32 or ct == 64)
-            and 64 <= P * ct <= 1024)
+    return (P <= 32 and (P & (P - 1)) == 0 and (ct == 8 or ct == 16 or ct == 32 or ct == 64)
+            and (P == 1 or 64 <= P * ct <= 1024))
 
 
 def _block_codegen(context, builder, sig, args):
@@ -155,10 +156,18 @@ def _block_codegen(context, builder, sig, args):
     end = builder.append_basic_block("block_end")
     switch = builder.switch(builder.add(builder.mul(P, ir.Constant(i64, 256)), ct), end)
     for bp, bct in BLOCKS:
-        stages, final = _plan(bct, bp)
         case = builder.append_basic_block(f"block_{bp}x{bct}")
         switch.add_case(ir.Constant(i64, 256 * bp + bct), case)
         builder.position_at_end(case)
+        if bp == 1:
+            vt = ir.VectorType(i8, bct)
+            value = builder.load(builder.bitcast(sp, vt.as_pointer()), align=1)
+            if floats:
+                value = builder.uitofp(value, ir.VectorType(elem, bct))
+            builder.store(value, builder.bitcast(dp, value.type.as_pointer()), align=1)
+            builder.branch(end)
+            continue
+        stages, final = _plan(bct, bp)
         vecs = [builder.load(builder.bitcast(builder.gep(sp, [ir.Constant(i64, 64 * i)]), v64.as_pointer()),
                              align=1) for i in range(bp * bct // 64)]
         for ops in stages:
@@ -186,7 +195,7 @@ else:
         ``block_fits``): the ``[ct, P]`` block is contiguous in ``dst``, so the channels-last
         bytes go through ``log2(P · ct / 64)`` stages of ``_plan(ct, P)``'s shuffles and
         leave as whole 64-byte vectors (uint8 ``dst``) or 64 floats (float32 ``dst``, the 0/1
-        bytes converted). ``src``: a C-contiguous uint8 or uint64 array (offset in bytes),
+        bytes converted); ``P`` = 1 is one copy of ``ct`` bytes (or floats). ``src``: a C-contiguous uint8 or uint64 array (offset in bytes),
         ``dst`` C-contiguous uint8 or float32."""
         return types.void(src, s0, dst, d0, P, ct), _block_codegen
 
