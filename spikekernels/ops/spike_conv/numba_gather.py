@@ -78,8 +78,10 @@ from numba.extending import intrinsic
 
 from ... import _checks
 from ..if_scan.numba import spike_buffer
-from .numba_rows import (_SPREAD, _current_row, _load_u8, _load_u16, _load_u32, _load_u64, _membrane_in, _membrane_out,
-                         _residual_in, _spikes_out, _step_bias_row, _tile_setup, aligned_zeros, spikes_out_mode)
+from .numba_rows import (_SPREAD, OUT_ELEMENTS, _current_row, _load_u8, _load_u16, _load_u32, _load_u64, _membrane_in,
+                         _membrane_out, _residual_in, _spikes_out, _spikes_rows, _step_bias_row, _tile_setup,
+                         aligned_zeros, spikes_out_mode)
+from .numba_transpose import block_fits, block_rows
 
 # accumulator width per output pixel in units of 8 float32 (ct = 8 * nv channels per tile); in
 # the generated code an even nv is nv / 2 vectors of 16 lanes (one zmm each with AVX-512,
@@ -1331,6 +1333,7 @@ def _gather_items(lo, hi, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws
         wt = wg[tile]
         n_out = np.uint64(0)
         k_bytes = (nc + 7) // 8
+        out_block = fast_out != OUT_ELEMENTS and nc == ct and block_fits(P, ct)
         # a uint8 residual: its bits (res_bits: the kept bits of the residual, same layout as
         # the output's) or its bytes channels-last
         rsrc = rkf if res_bits else rr8
@@ -1394,7 +1397,12 @@ def _gather_items(lo, hi, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws
                     _current_row(acc, bi, sc, rr, sbr, xr[lo:lo + WC], has_res, has_sb)
             if neuron:
                 if write_out:
-                    _spikes_out(spw, ct, nc, P, outf, tb * Cout * P, c0, spread, fast_out)
+                    # not through _spikes_out: inlined, its array arguments are reference
+                    # counted once per step (the output and the table are shared by the threads)
+                    if out_block:
+                        block_rows(spw, 0, outf, (tb * Cout + c0) * P, P, ct)
+                    else:
+                        _spikes_rows(spw, ct, nc, P, outf, tb * Cout * P, c0, spread, fast_out)
             else:
                 ot = out[t, b]
                 for c in range(nc):
