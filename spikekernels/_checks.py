@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import threading
@@ -85,6 +86,18 @@ def check_spike_dtype(spike_dtype, default: torch.dtype) -> torch.dtype:
     return spike_dtype
 
 
+@functools.lru_cache(maxsize=256)
+def _cpu_number_vector(value: float, sign: float, positive: bool, name: str) -> torch.Tensor:
+    """``channel_vector`` of a number on the CPU, cached (``sign`` keeps -0.0 apart from 0.0;
+    invalid values raise, and exceptions are not cached). The tensor is shared: the ops only
+    read it."""
+    if positive and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {[value]}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} must be finite")
+    return torch.tensor([value], dtype=torch.float32)
+
+
 def channel_vector(value, name: str, channels: int | None, device: torch.device, *, positive: bool,
                    shape: Sequence[int] | None = None) -> torch.Tensor:
     """A float32 vector on ``device``: ``[1]`` from a number, ``[channels]`` per channel.
@@ -93,6 +106,12 @@ def channel_vector(value, name: str, channels: int | None, device: torch.device,
     ``shape`` (the input's) only makes error messages clearer.
     """
     kind = "positive number" if positive else "number"
+    if (isinstance(value, (int, float)) and not isinstance(value, bool) and getattr(device, "type", device) == "cpu"
+            and not torch.compiler.is_compiling()):
+        # a number on the CPU: one shared read-only tensor per value (every chunked call of a
+        # simulation passes the same threshold and residual scale; making and checking the
+        # tensor cost 20-25 us a call there, with the kernels' data in the caches)
+        return _cpu_number_vector(float(value), math.copysign(1.0, value), positive, name)
     if isinstance(value, torch.Tensor):
         vec = value.detach()
         if vec.dim() > 1:

@@ -48,3 +48,22 @@ def test_state_with_one_bad_value_is_refused(backend, bad):
     vc.view(-1)[17] = float(bad)
     with pytest.raises(ValueError, match="v0 contains NaN or Inf"):
         sk.spike_conv2d(s, w, padding=1, v0=vc, backend=backend)
+
+
+def test_number_vector_is_cached_and_keeps_the_sign_of_zero():
+    """A number on the CPU becomes one shared float32 [1] tensor per value; -0.0 stays apart
+    from 0.0 (a residual scale of -0.0 must not turn into +0.0), bad values still raise."""
+    from spikekernels._checks import channel_vector
+
+    cpu = torch.device("cpu")
+    a = channel_vector(0.75, "threshold", 4, cpu, positive=True)
+    assert a is channel_vector(0.75, "threshold", 4, cpu, positive=True)
+    assert a.dtype == torch.float32 and a.tolist() == [0.75]
+    neg = channel_vector(-0.0, "residual_scale", 4, cpu, positive=False)
+    pos = channel_vector(0.0, "residual_scale", 4, cpu, positive=False)
+    assert torch.signbit(neg).item() and not torch.signbit(pos).item()
+    assert channel_vector(2, "threshold", 4, cpu, positive=True).tolist() == [2.0]
+    with pytest.raises(ValueError, match=r"threshold must be finite and > 0, got \[0.0\]"):
+        channel_vector(0, "threshold", 4, cpu, positive=True)
+    with pytest.raises(ValueError, match="residual_scale=nan must be finite"):
+        channel_vector(float("nan"), "residual_scale", 4, cpu, positive=False)
