@@ -35,12 +35,15 @@ def _block(src, dst, d0, P, ct):
 def test_block_rows(P, ct, dtype):
     """block_rows writes exactly the [ct, P] block at d0 (bytes or floats), nothing around it."""
     rng = np.random.default_rng(P * ct)
-    sp = (rng.random(P * ct) < 0.4).astype(np.uint8)
-    dst = np.full(P * ct + 10, 7, dtype)
-    _block(sp.view(np.uint64), dst, 3, P, ct)
-    want = np.full_like(dst, 7)
-    want[3:3 + P * ct] = sp.reshape(P, ct).T.reshape(-1)
-    assert np.array_equal(dst, want)
+    for d0 in (0, 3):
+        # d0 = 0 on a 64-byte aligned buffer: the non-temporal stores; 3: the unaligned ones
+        sp = (rng.random(P * ct) < 0.4).astype(np.uint8)
+        dst = numba_rows.aligned_zeros((P * ct + 10,), dtype)
+        dst[:] = 7
+        _block(sp.view(np.uint64), dst, d0, P, ct)
+        want = np.full_like(dst, 7)
+        want[d0:d0 + P * ct] = sp.reshape(P, ct).T.reshape(-1)
+        assert np.array_equal(dst, want), d0
     assert numba_transpose.block_fits(P, ct)
 
 

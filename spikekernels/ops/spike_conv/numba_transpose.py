@@ -173,10 +173,19 @@ def _block_codegen(context, builder, sig, args):
         for ops in stages:
             vecs = [builder.shuffle_vector(vecs[a], vecs[b], ir.Constant(ir.VectorType(i32, 64), mask))
                     for a, b, mask in ops]
-        for k, i in enumerate(final):
-            value = builder.uitofp(vecs[i], ir.VectorType(elem, 64)) if floats else vecs[i]
-            ptr = builder.gep(dp, [ir.Constant(i64, 64 * k)])
-            builder.store(value, builder.bitcast(ptr, ir.VectorType(elem, 64).as_pointer()), align=1)
+        values = [builder.uitofp(vecs[i], ir.VectorType(elem, 64)) if floats else vecs[i] for i in final]
+        aligned = builder.icmp_unsigned("==", builder.and_(builder.ptrtoint(dp, i64), ir.Constant(i64, 63)),
+                                        ir.Constant(i64, 0))
+        # non-temporal stores are weakly ordered: the parallel region's join (locked
+        # instructions) orders them before any other thread reads the output
+        with builder.if_else(aligned) as (then, otherwise):
+            for nt in (True, False):
+                with (then if nt else otherwise):
+                    for k, value in enumerate(values):
+                        ptr = builder.gep(dp, [ir.Constant(i64, 64 * k)])
+                        st = builder.store(value, builder.bitcast(ptr, value.type.as_pointer()), align=64 if nt else 1)
+                        if nt:
+                            st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
         builder.branch(end)
     builder.position_at_end(end)
     return context.get_dummy_value()
@@ -195,7 +204,11 @@ else:
         ``block_fits``): the ``[ct, P]`` block is contiguous in ``dst``, so the channels-last
         bytes go through ``log2(P · ct / 64)`` stages of ``_plan(ct, P)``'s shuffles and
         leave as whole 64-byte vectors (uint8 ``dst``) or 64 floats (float32 ``dst``, the 0/1
-        bytes converted); ``P`` = 1 is one copy of ``ct`` bytes (or floats). ``src``: a C-contiguous uint8 or uint64 array (offset in bytes),
+        bytes converted); ``P`` = 1 is one copy of ``ct`` bytes (or floats). A block of
+        whole vectors at a 64-byte aligned address is stored non-temporally (it bypasses the
+        caches, with no read of the lines it overwrites: the output is written once and read
+        much later; 0.98-1.08x on ResNet-18's layers in one process, bench/RESULTS.md "Session
+        14"). ``src``: a C-contiguous uint8 or uint64 array (offset in bytes),
         ``dst`` C-contiguous uint8 or float32."""
         return types.void(src, s0, dst, d0, P, ct), _block_codegen
 
