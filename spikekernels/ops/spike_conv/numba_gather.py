@@ -1260,9 +1260,9 @@ def _column_row(nv, pk, base, toff, wrow, mask, nw, w, vl, voff, th, bi, sc, sb,
 
 
 @numba.njit(cache=True, fastmath=False, error_model="numpy")
-def _gather_items(lo, hi, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho, Wo, bias,
-                 thr, rs, v, out, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res,
-                 neuron, sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column, tile_major):
+def _gather_items(lo, hi, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho, Wo,
+                  bias, thr, rs, v, out, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res,
+                  neuron, sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column, tile_major):
     """Conv + IF of work items ``lo .. hi - 1`` (each an image and a channel tile of ``ct = 8
     nv``), T loop inside.
 
@@ -1390,11 +1390,11 @@ def _gather_items(lo, hi, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws
                     if c != cls:
                         cls, tf, wr, mk, nw = c, toff[c], wrow[c], mask[c], nws[c]
                     _gather_sum(nv, pkf, po + (oy * sy * Wp + ox * sx) * Cb + origin, tf, wr, mk, nw, wt, acc, ox * ct)
-                lo = oy * WC
+                r_lo = oy * WC
                 if fast_res:
-                    _current_row(acc, bi, sc, rr8[lo:lo + WC], sbr, xr[lo:lo + WC], True, has_sb)
+                    _current_row(acc, bi, sc, rr8[r_lo:r_lo + WC], sbr, xr[r_lo:r_lo + WC], True, has_sb)
                 else:
-                    _current_row(acc, bi, sc, rr, sbr, xr[lo:lo + WC], has_res, has_sb)
+                    _current_row(acc, bi, sc, rr, sbr, xr[r_lo:r_lo + WC], has_res, has_sb)
             if neuron:
                 if write_out:
                     # not through _spikes_out: inlined, its array arguments are reference

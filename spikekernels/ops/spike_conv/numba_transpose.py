@@ -1,4 +1,4 @@
-"""Spikes from channels-last bytes to channel rows, 64 pixels at a time, by vector shuffles.
+"""Spikes from channels-last bytes to channel rows by vector shuffles.
 
 The Numba spiking-conv kernels hold a step's spikes channels-last (``[P, ct]`` bytes 0/1 per
 channel tile) and the output is ``[Cout, P]``: a byte transpose. ``_rows64`` moves a block of
@@ -11,6 +11,11 @@ the last stage each vector is one channel's 64 pixels in order and is stored as 
 its row. That is ``ct · log2(ct)`` shuffles per ``64 · ct`` spikes (16 channels: 64 shuffles
 per 1024 spikes), against a table lookup and a store per 8 spikes of the 8 x 8 bit-matrix
 transpose it replaces where it applies (``numba_rows._spikes_out``).
+
+``block_rows`` does the same for a whole tile of a map under 64 pixels (``BLOCKS``: ResNet-18's
+4x4 and 2x2 maps on CIFAR): the tile is a contiguous ``[ct, P]`` block of the output, so the
+stages stop when a vector holds ``64 / P`` whole channel rows (``_plan(ct, P)``:
+``log2(P · ct / 64)`` stages) and every vector is stored whole.
 """
 
 from __future__ import annotations
@@ -178,14 +183,15 @@ def _block_codegen(context, builder, sig, args):
                                         ir.Constant(i64, 0))
         # non-temporal stores are weakly ordered: the parallel region's join (locked
         # instructions) orders them before any other thread reads the output
+        nontemporal = builder.module.add_metadata([ir.Constant(i32, 1)])
         with builder.if_else(aligned) as (then, otherwise):
             for nt in (True, False):
                 with (then if nt else otherwise):
                     for k, value in enumerate(values):
-                        ptr = builder.gep(dp, [ir.Constant(i64, 64 * k)])
-                        st = builder.store(value, builder.bitcast(ptr, value.type.as_pointer()), align=64 if nt else 1)
+                        ptr = builder.bitcast(builder.gep(dp, [ir.Constant(i64, 64 * k)]), value.type.as_pointer())
+                        store = builder.store(value, ptr, align=64 if nt else 1)
                         if nt:
-                            st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+                            store.set_metadata("nontemporal", nontemporal)
         builder.branch(end)
     builder.position_at_end(end)
     return context.get_dummy_value()
