@@ -78,9 +78,9 @@ from numba.extending import intrinsic
 
 from ... import _checks
 from ..if_scan.numba import spike_buffer
-from .numba_rows import (_SPREAD, OUT_ELEMENTS, _current_row, _load_u8, _load_u16, _load_u32, _load_u64, _membrane_in,
-                         _membrane_out, _residual_in, _spikes_out, _spikes_rows, _step_bias_row, _tile_setup,
-                         aligned_zeros, spikes_out_mode)
+from .numba_rows import (_SPREAD, OUT_ELEMENTS, _byte_pointer, _current_row, _load_u8, _load_u16, _load_u32,
+                         _load_u64, _membrane_in, _membrane_out, _residual_in, _spikes_out, _spikes_rows,
+                         _step_bias_row, _tile_setup, aligned_zeros, spikes_out_mode)
 from .numba_transpose import block_fits, block_rows
 
 # accumulator width per output pixel in units of 8 float32 (ct = 8 * nv channels per tile); in
@@ -1106,6 +1106,94 @@ def _pack_words(s8, pk, Cin, HW, Cb, doff, n, ones):
     return bad.any()
 
 
+# 1x1 stride-2 convs on the maps of PICKED (H, W, sy, sx; ResNet-18's 128->256 and 256->512
+# shortcuts on CIFAR) pack only the pixels they read (_pack_picked; value: those pixels,
+# row-major in the map). PICK off: the whole map, as every other layer
+PICK = True
+PICKED = {(4, 4, 2, 2): (0, 2, 8, 10), (2, 2, 2, 2): (0,)}
+
+
+def _picked_codegen(HW: int, pixels: tuple):
+    n_in, n_out = 8 * HW, 8 * len(pixels)
+
+    def codegen(context, builder, sig, args):
+        i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+        vt = ir.VectorType(i8, n_in)
+        block = builder.load(_byte_pointer(context, builder, sig, args, vt), align=1)
+        # pixel-major: byte 8 j + k is channel k of picked pixel j
+        mask = [k * HW + q for q in pixels for k in range(8)]
+        picked = builder.shuffle_vector(block, block, ir.Constant(ir.VectorType(i32, n_out), mask))
+        nz = builder.icmp_unsigned("!=", picked, ir.Constant(ir.VectorType(i8, n_out), [0] * n_out))
+        bits = builder.zext(builder.bitcast(nz, ir.IntType(n_out)), i64)
+        # any byte of the block (every pixel of the 8 channels) other than 0/1: bit 63
+        big = builder.icmp_unsigned(">", block, ir.Constant(vt, [1] * n_in))
+        bad = builder.icmp_unsigned("!=", builder.bitcast(big, ir.IntType(n_in)), ir.Constant(ir.IntType(n_in), 0))
+        return builder.or_(bits, builder.shl(builder.zext(bad, i64), ir.Constant(i64, 63)))
+
+    return codegen
+
+
+def _picked_twin(HW: int, pixels: tuple):
+    def picked(arr, off):
+        """Python twin of the intrinsic (NUMBA_DISABLE_JIT runs)."""
+        block = arr[off:off + 8 * HW].reshape(8, HW)
+        bits = sum(int(block[k, q] != 0) << (8 * j + k) for j, q in enumerate(pixels) for k in range(8))
+        return np.uint64(bits | (int((block > 1).any()) << 63))
+    return picked
+
+
+if numba.config.DISABLE_JIT:
+    _picked4, _picked2 = (_picked_twin(H * W, PICKED[(H, W, 2, 2)]) for H, W in ((4, 4), (2, 2)))
+else:
+    def _picked_intrinsic(HW: int, pixels: tuple):
+        @intrinsic
+        def picked(typingctx, arr, off):
+            """Of the 8 channel rows of ``HW`` uint8 pixels at byte ``off`` of ``arr`` (one
+            vector load): bit ``8 j + k`` set where channel ``k`` of pixel ``pixels[j]`` is not
+            0, bit 63 where any of the ``8 HW`` bytes is neither 0 nor 1. One byte permute
+            picks the pixels, one compare makes their bits."""
+            return types.uint64(arr, off), _picked_codegen(HW, pixels)
+        return picked
+
+    _picked4, _picked2 = (_picked_intrinsic(H * W, PICKED[(H, W, 2, 2)]) for H, W in ((4, 4), (2, 2)))
+
+
+@numba.njit(parallel=True, cache=True)
+def _pack_picked(s8, pk, Cin, HW, Cb, n_pick):
+    """``_pack`` of uint8 spikes ``s8 [T * B, Cin * H * W]`` for a 1x1 stride-2 conv on a map of
+    PICKED (``HW`` 16 or 4; ``n_pick`` 4 or 1 pixels read): only the pixels the conv reads, into
+    a compact map of ``n_pick`` pixels (no border): byte ``j * Cb + g`` of ``pk [T * B,
+    n_pick * Cb + 8]``. A whole group of 8 channels by one intrinsic (``_picked4`` /
+    ``_picked2``: its 8 rows are one block), a partial last group channel by channel. Every
+    input byte is still checked to be 0/1 (True: some is not)."""
+    TB = s8.shape[0]
+    full = Cin // 8
+    bad = np.zeros(TB, np.uint8)
+    for item in numba.prange(TB):
+        src = s8[item]
+        dst = pk[item]
+        flag = np.uint64(0)
+        for g in range(full):
+            r = _picked4(src, 8 * g * HW) if HW == 16 else _picked2(src, 8 * g * HW)
+            flag |= r >> np.uint64(63)
+            for j in range(n_pick):
+                dst[j * Cb + g] = np.uint8((r >> np.uint64(8 * j)) & np.uint64(0xFF))
+        if full < Cb:
+            for j in range(n_pick):
+                dst[j * Cb + full] = 0
+            q = (0, 2, 8, 10) if HW == 16 else (0, 0, 0, 0)
+            for k in range(Cin - 8 * full):
+                row = (8 * full + k) * HW
+                for i in range(HW):
+                    flag |= np.uint64(src[row + i] > 1)
+                for j in range(n_pick):
+                    if src[row + q[j]] != 0:
+                        dst[j * Cb + full] |= np.uint8(1 << k)
+        dst[n_pick * Cb:] = 0
+        bad[item] = flag != 0
+    return bad.any()
+
+
 def _float_bits_codegen(lanes: int):
     def codegen(context, builder, sig, args):
         aty, oty = sig.args
@@ -1578,10 +1666,19 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     ph, pw = padding
     Cb = -(-Cin // 8)
     kept_in = kept if max(ph, pw) <= KEEP_PAD else None
+    picked = (PICKED.get((H, W, sy, sx)) if PICK and kept_in is None and (kh, kw) == (1, 1) and (ph, pw) == (0, 0)
+              and s.dtype == torch.uint8 else None)
     if kept_in is not None:
         # the bits the kernel that wrote s kept (border KEEP_PAD): start ph, pw inside it
         pk, Wp = kept_in.pk, W + 2 * KEEP_PAD
         origin = ((KEEP_PAD - ph) * Wp + KEEP_PAD - pw) * Cb
+    elif picked is not None:
+        # only the pixels a 1x1 stride-2 conv reads, as a compact map on which it is a 1x1
+        # stride-1 conv (same inputs, same weights, same order)
+        pk = np.empty((T, B, Ho * Wo * Cb + 8), np.uint8)
+        if _pack_picked(s.numpy().reshape(T * B, Cin * H * W), pk.reshape(T * B, -1), Cin, H * W, Cb, len(picked)):
+            return False
+        H, W, sy, sx, Wp, origin = Ho, Wo, 1, 1, Wo, 0
     else:
         Hp, Wp = H + 2 * ph, W + 2 * pw
         # 8 bytes of slack: the last word of a receptive field is read whole, then masked
