@@ -551,23 +551,26 @@ def test_pack_matches_numpy(dtype, Cin, H, W, ph, pw):
         assert numba_gather._pack(bad.reshape(6, Cin, H * W), pk, H, W, Cb, Wp, ph, pw), (item, c, y, x)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 @pytest.mark.parametrize("Cin,H", [(128, 4), (256, 2), (20, 4), (13, 2), (8, 4), (3, 2)])
-def test_picked_pack(Cin, H):
-    """A 1x1 stride-2 conv on a map of PICKED packs only the pixels it reads into a compact map:
-    the bits are numpy's of the subsampled input (whole and partial 8-channel groups, the
-    border-free layout), a value other than 0/1 anywhere is reported (picked pixel or not), and
-    the op gives the same spikes and membrane as with the whole map packed (PICK off)."""
+def test_picked_pack(Cin, H, dtype):
+    """A 1x1 stride-2 conv on a map of PICKED packs only the pixels it reads into a compact map
+    (uint8 or float32 spikes): the bits are numpy's of the subsampled input (whole and partial
+    8-channel groups, the border-free layout), a value other than 0/1 anywhere is reported
+    (picked pixel or not; NaN too), and the op gives the same spikes and membrane as with the
+    whole map packed (PICK off)."""
     rng = np.random.default_rng(Cin + H)
-    s = (rng.random((6, Cin, H, H)) < 0.3).astype(np.uint8)
+    s = (rng.random((6, Cin, H, H)) < 0.3).astype(dtype)
     Cb, Ho = -(-Cin // 8), (H - 1) // 2 + 1
     pk = np.full((6, Ho * Ho * Cb + 8), 0xAA, np.uint8)
     picked = numba_gather.PICKED[(H, H, 2, 2)]
     assert not numba_gather._pack_picked(s.reshape(6, -1), pk, Cin, H * H, Cb, len(picked))
     np.testing.assert_array_equal(pk, _bits_numpy(np.ascontiguousarray(s[:, :, ::2, ::2]), 0, 0))
     for item, c, y, x in [(0, 0, 0, 0), (5, Cin - 1, H - 1, H - 1), (3, Cin // 2, 0, H - 1)]:
-        bad = s.copy()
-        bad[item, c, y, x] = 2
-        assert numba_gather._pack_picked(bad.reshape(6, -1), pk, Cin, H * H, Cb, len(picked)), (item, c, y, x)
+        for value in ([2] if dtype == np.uint8 else [0.5, np.nan, -1.0]):
+            bad = s.copy()
+            bad[item, c, y, x] = value
+            assert numba_gather._pack_picked(bad.reshape(6, -1), pk, Cin, H * H, Cb, len(picked)), (item, c, y, x)
     x = torch.from_numpy(s).view(2, 3, Cin, H, H)
     g = torch.Generator().manual_seed(Cin)
     w, b = torch.randn(24, Cin, 1, 1, generator=g) / Cin ** 0.5, torch.randn(24, generator=g) * 0.1

@@ -1117,16 +1117,27 @@ def _picked_codegen(HW: int, pixels: tuple):
     n_in, n_out = 8 * HW, 8 * len(pixels)
 
     def codegen(context, builder, sig, args):
-        i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-        vt = ir.VectorType(i8, n_in)
-        block = builder.load(_byte_pointer(context, builder, sig, args, vt), align=1)
-        # pixel-major: byte 8 j + k is channel k of picked pixel j
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        floats = isinstance(sig.args[0].dtype, types.Float)
+        elem = ir.FloatType() if floats else ir.IntType(8)
+        arr = context.make_array(sig.args[0])(context, builder, args[0])
+        off = context.cast(builder, args[1], sig.args[1], types.intp)
+        vt = ir.VectorType(elem, n_in)
+        block = builder.load(builder.bitcast(builder.gep(arr.data, [off]), vt.as_pointer()), align=1)
+        # pixel-major: element 8 j + k is channel k of picked pixel j
         mask = [k * HW + q for q in pixels for k in range(8)]
         picked = builder.shuffle_vector(block, block, ir.Constant(ir.VectorType(i32, n_out), mask))
-        nz = builder.icmp_unsigned("!=", picked, ir.Constant(ir.VectorType(i8, n_out), [0] * n_out))
+        zero_out, zero_in = ir.Constant(ir.VectorType(elem, n_out), [0] * n_out), ir.Constant(vt, [0] * n_in)
+        one_in = ir.Constant(vt, [1] * n_in)
+        if floats:
+            # une: NaN counts as nonzero and as neither 0 nor 1, as Python's != does
+            nz = builder.fcmp_unordered("!=", picked, zero_out)
+            big = builder.and_(builder.fcmp_unordered("!=", block, zero_in), builder.fcmp_unordered("!=", block, one_in))
+        else:
+            nz = builder.icmp_unsigned("!=", picked, zero_out)
+            big = builder.icmp_unsigned(">", block, one_in)
         bits = builder.zext(builder.bitcast(nz, ir.IntType(n_out)), i64)
-        # any byte of the block (every pixel of the 8 channels) other than 0/1: bit 63
-        big = builder.icmp_unsigned(">", block, ir.Constant(vt, [1] * n_in))
+        # any element of the block (every pixel of the 8 channels) other than 0/1: bit 63
         bad = builder.icmp_unsigned("!=", builder.bitcast(big, ir.IntType(n_in)), ir.Constant(ir.IntType(n_in), 0))
         return builder.or_(bits, builder.shl(builder.zext(bad, i64), ir.Constant(i64, 63)))
 
@@ -1138,7 +1149,7 @@ def _picked_twin(HW: int, pixels: tuple):
         """Python twin of the intrinsic (NUMBA_DISABLE_JIT runs)."""
         block = arr[off:off + 8 * HW].reshape(8, HW)
         bits = sum(int(block[k, q] != 0) << (8 * j + k) for j, q in enumerate(pixels) for k in range(8))
-        return np.uint64(bits | (int((block > 1).any()) << 63))
+        return np.uint64(bits | (int(((block != 0) & (block != 1)).any()) << 63))
     return picked
 
 
@@ -1148,10 +1159,10 @@ else:
     def _picked_intrinsic(HW: int, pixels: tuple):
         @intrinsic
         def picked(typingctx, arr, off):
-            """Of the 8 channel rows of ``HW`` uint8 pixels at byte ``off`` of ``arr`` (one
-            vector load): bit ``8 j + k`` set where channel ``k`` of pixel ``pixels[j]`` is not
-            0, bit 63 where any of the ``8 HW`` bytes is neither 0 nor 1. One byte permute
-            picks the pixels, one compare makes their bits."""
+            """Of the 8 channel rows of ``HW`` pixels (uint8 or float32) at element ``off`` of
+            ``arr`` (one vector load): bit ``8 j + k`` set where channel ``k`` of pixel
+            ``pixels[j]`` is not 0, bit 63 where any of the ``8 HW`` values is neither 0 nor 1
+            (NaN included). One permute picks the pixels, one compare makes their bits."""
             return types.uint64(arr, off), _picked_codegen(HW, pixels)
         return picked
 
@@ -1160,12 +1171,12 @@ else:
 
 @numba.njit(parallel=True, cache=True)
 def _pack_picked(s8, pk, Cin, HW, Cb, n_pick):
-    """``_pack`` of uint8 spikes ``s8 [T * B, Cin * H * W]`` for a 1x1 stride-2 conv on a map of
-    PICKED (``HW`` 16 or 4; ``n_pick`` 4 or 1 pixels read): only the pixels the conv reads, into
-    a compact map of ``n_pick`` pixels (no border): byte ``j * Cb + g`` of ``pk [T * B,
-    n_pick * Cb + 8]``. A whole group of 8 channels by one intrinsic (``_picked4`` /
-    ``_picked2``: its 8 rows are one block), a partial last group channel by channel. Every
-    input byte is still checked to be 0/1 (True: some is not)."""
+    """``_pack`` of uint8 or float32 spikes ``s8 [T * B, Cin * H * W]`` for a 1x1 stride-2 conv
+    on a map of PICKED (``HW`` 16 or 4; ``n_pick`` 4 or 1 pixels read): only the pixels the
+    conv reads, into a compact map of ``n_pick`` pixels (no border): byte ``j * Cb + g`` of
+    ``pk [T * B, n_pick * Cb + 8]``. A whole group of 8 channels by one intrinsic
+    (``_picked4`` / ``_picked2``: its 8 rows are one block), a partial last group channel by
+    channel. Every input value is still checked to be 0/1 (True: some is not)."""
     TB = s8.shape[0]
     full = Cin // 8
     bad = np.zeros(TB, np.uint8)
@@ -1185,7 +1196,8 @@ def _pack_picked(s8, pk, Cin, HW, Cb, n_pick):
             for k in range(Cin - 8 * full):
                 row = (8 * full + k) * HW
                 for i in range(HW):
-                    flag |= np.uint64(src[row + i] > 1)
+                    val = src[row + i]
+                    flag |= np.uint64((val != 0) & (val != 1))
                 for j in range(n_pick):
                     if src[row + q[j]] != 0:
                         dst[j * Cb + full] |= np.uint8(1 << k)
@@ -1667,7 +1679,7 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     Cb = -(-Cin // 8)
     kept_in = kept if max(ph, pw) <= KEEP_PAD else None
     picked = (PICKED.get((H, W, sy, sx)) if PICK and kept_in is None and (kh, kw) == (1, 1) and (ph, pw) == (0, 0)
-              and s.dtype == torch.uint8 else None)
+              else None)
     if kept_in is not None:
         # the bits the kernel that wrote s kept (border KEEP_PAD): start ph, pw inside it
         pk, Wp = kept_in.pk, W + 2 * KEEP_PAD
