@@ -86,51 +86,9 @@ def check_spike_dtype(spike_dtype, default: torch.dtype) -> torch.dtype:
     return spike_dtype
 
 
-@functools.lru_cache(maxsize=256)
-def _cpu_number_vector(value: float, sign: float, positive: bool, name: str) -> torch.Tensor:
-    """``channel_vector`` of a number on the CPU, cached (``sign`` keeps -0.0 apart from 0.0;
-    invalid values raise, and exceptions are not cached). The tensor is shared: the ops only
-    read it."""
-    if positive and not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {[value]}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name}={value!r} must be finite")
-    return torch.tensor([value], dtype=torch.float32)
-
-
-def channel_vector(value, name: str, channels: int | None, device: torch.device, *, positive: bool,
-                   shape: Sequence[int] | None = None) -> torch.Tensor:
-    """A float32 vector on ``device``: ``[1]`` from a number, ``[channels]`` per channel.
-
-    ``positive`` values (thresholds) must be finite and > 0; others (scales) finite.
-    ``shape`` (the input's) only makes error messages clearer.
-    """
-    kind = "positive number" if positive else "number"
-    if (isinstance(value, (int, float)) and not isinstance(value, bool) and getattr(device, "type", device) == "cpu"
-            and not torch.compiler.is_compiling()):
-        # a number on the CPU: one shared read-only tensor per value (every chunked call of a
-        # simulation passes the same threshold and residual scale; making and checking the
-        # tensor cost 20-25 us a call there, with the kernels' data in the caches)
-        return _cpu_number_vector(float(value), math.copysign(1.0, value), positive, name)
-    if isinstance(value, torch.Tensor):
-        vec = value.detach()
-        if vec.dim() > 1:
-            raise ValueError(f"{name} must be a {kind} or a 1-D tensor [C], got shape {tuple(vec.shape)}")
-        vec = vec.reshape(-1)
-        if vec.numel() != 1 and vec.numel() != channels:
-            where = f"the input {tuple(shape)}" if shape is not None else "the layer"
-            raise ValueError(
-                f"per-channel {name} has {vec.numel()} values but {where} has "
-                f"{channels if channels is not None else 'no'} channels at dim 2; "
-                f"accepted: a {kind} or one value per channel"
-            )
-        vec = vec.to(device=device, dtype=torch.float32)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not positive and not math.isfinite(value):
-            raise ValueError(f"{name}={value!r} must be finite")
-        vec = torch.tensor([float(value)], dtype=torch.float32, device=device)
-    else:
-        raise TypeError(f"{name} must be a {kind} or a 1-D tensor [C], got {type(value).__name__}")
+def _checked(vec: torch.Tensor, name: str, positive: bool) -> torch.Tensor:
+    """``vec`` (float32, 1-D) contiguous, after checking its values are finite (and > 0 when
+    ``positive``)."""
     rule = "finite and > 0" if positive else "finite"
     if vec.device.type == "cpu" and not torch.compiler.is_compiling():
         # numpy: a few microseconds where torch's isfinite / compare / any cost tens per call
@@ -145,6 +103,52 @@ def channel_vector(value, name: str, channels: int | None, device: torch.device,
     if bool(bad.any()):
         raise ValueError(f"{name} must be {rule}, got {vec[bad][:4].tolist()}")
     return vec.contiguous()
+
+
+def _number_vector(value: float, name: str, device, positive: bool) -> torch.Tensor:
+    """``channel_vector`` of a number: float32 ``[1]`` on ``device``, checked."""
+    if not positive and not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} must be finite")
+    return _checked(torch.tensor([float(value)], dtype=torch.float32, device=device), name, positive)
+
+
+@functools.lru_cache(maxsize=256)
+def _cpu_number_vector(value: float, sign: float, positive: bool, name: str) -> torch.Tensor:
+    """``_number_vector`` on the CPU, cached (``sign`` keeps -0.0 apart from 0.0; invalid
+    values raise, and exceptions are not cached). The tensor is shared: the ops only read it."""
+    return _number_vector(value, name, "cpu", positive)
+
+
+def channel_vector(value, name: str, channels: int | None, device: torch.device, *, positive: bool,
+                   shape: Sequence[int] | None = None) -> torch.Tensor:
+    """A float32 vector on ``device``: ``[1]`` from a number, ``[channels]`` per channel.
+
+    ``positive`` values (thresholds) must be finite and > 0; others (scales) finite.
+    ``shape`` (the input's) only makes error messages clearer.
+    """
+    kind = "positive number" if positive else "number"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if getattr(device, "type", device) == "cpu" and not torch.compiler.is_compiling():
+            # a number on the CPU: one shared read-only tensor per value (every chunked call
+            # of a simulation passes the same threshold and residual scale; making and
+            # checking the tensor cost 20-25 us a call there, with the kernels' data in the
+            # caches)
+            return _cpu_number_vector(float(value), math.copysign(1.0, value), positive, name)
+        return _number_vector(value, name, device, positive)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a {kind} or a 1-D tensor [C], got {type(value).__name__}")
+    vec = value.detach()
+    if vec.dim() > 1:
+        raise ValueError(f"{name} must be a {kind} or a 1-D tensor [C], got shape {tuple(vec.shape)}")
+    vec = vec.reshape(-1)
+    if vec.numel() != 1 and vec.numel() != channels:
+        where = f"the input {tuple(shape)}" if shape is not None else "the layer"
+        raise ValueError(
+            f"per-channel {name} has {vec.numel()} values but {where} has "
+            f"{channels if channels is not None else 'no'} channels at dim 2; "
+            f"accepted: a {kind} or one value per channel"
+        )
+    return _checked(vec.to(device=device, dtype=torch.float32), name, positive)
 
 
 def check_step_bias(step_bias, steps: int, channels: int, device: torch.device) -> None:
