@@ -1170,15 +1170,16 @@ else:
 
 
 @numba.njit(parallel=True, cache=True)
-def _pack_picked(s8, pk, Cin, HW, Cb, n_pick):
+def _pack_picked(s8, pk, Cin, HW, Cb, picked):
     """``_pack`` of uint8 or float32 spikes ``s8 [T * B, Cin * H * W]`` for a 1x1 stride-2 conv
-    on a map of PICKED (``HW`` 16 or 4; ``n_pick`` 4 or 1 pixels read): only the pixels the
-    conv reads, into a compact map of ``n_pick`` pixels (no border): byte ``j * Cb + g`` of
-    ``pk [T * B, n_pick * Cb + 8]``. A whole group of 8 channels by one intrinsic
+    on a map of PICKED (``HW`` 16 or 4; ``picked``: its entry, the pixels read, as an int64
+    array): only the pixels the conv reads, into a compact map of ``n_pick = len(picked)``
+    pixels (no border): byte ``j * Cb + g`` of ``pk [T * B, n_pick * Cb + 8]``. A whole group of 8 channels by one intrinsic
     (``_picked4`` / ``_picked2``: its 8 rows are one block), a partial last group channel by
     channel. Every input value is still checked to be 0/1 (True: some is not)."""
     TB = s8.shape[0]
     full = Cin // 8
+    n_pick = picked.shape[0]
     bad = np.zeros(TB, np.uint8)
     for item in numba.prange(TB):
         src = s8[item]
@@ -1192,14 +1193,13 @@ def _pack_picked(s8, pk, Cin, HW, Cb, n_pick):
         if full < Cb:
             for j in range(n_pick):
                 dst[j * Cb + full] = 0
-            q = (0, 2, 8, 10) if HW == 16 else (0, 0, 0, 0)
             for k in range(Cin - 8 * full):
                 row = (8 * full + k) * HW
                 for i in range(HW):
                     val = src[row + i]
                     flag |= np.uint64((val != 0) & (val != 1))
                 for j in range(n_pick):
-                    if src[row + q[j]] != 0:
+                    if src[row + picked[j]] != 0:
                         dst[j * Cb + full] |= np.uint8(1 << k)
         dst[n_pick * Cb:] = 0
         bad[item] = flag != 0
@@ -1688,7 +1688,8 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
         # only the pixels a 1x1 stride-2 conv reads, as a compact map on which it is a 1x1
         # stride-1 conv (same inputs, same weights, same order)
         pk = np.empty((T, B, Ho * Wo * Cb + 8), np.uint8)
-        if _pack_picked(s.numpy().reshape(T * B, Cin * H * W), pk.reshape(T * B, -1), Cin, H * W, Cb, len(picked)):
+        if _pack_picked(s.numpy().reshape(T * B, Cin * H * W), pk.reshape(T * B, -1), Cin, H * W, Cb,
+                        np.array(picked, np.int64)):
             return False
         H, W, sy, sx, Wp, origin = Ho, Wo, 1, 1, Wo, 0
     else:

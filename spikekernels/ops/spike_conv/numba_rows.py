@@ -298,11 +298,13 @@ def _spikes_out(spw, ct, nc, P, of, o0, c0, spread, mode):
     ``[Cout, P]`` block at element ``o0`` of the flat output ``of``.
 
     A whole tile (``nc == ct``) of a small map (``(P, ct)`` in ``numba_transpose.BLOCKS``:
-    ResNet-18's 4x4 and 2x2 maps on CIFAR) is a contiguous ``[ct, P]`` block of the output:
-    one shuffle network (``block_rows``), inline, so the call costs no reference counts on the
-    shared output (a call of ``_spikes_rows`` takes one on each array argument at entry and
-    returns it at exit: atomic adds that both threads make on the same memory). Everything
-    else: ``_spikes_rows``.
+    ResNet-18's 4x4, 2x2 and 1x1 maps on CIFAR) is a contiguous ``[ct, P]`` block of the
+    output: one shuffle network (``block_rows``); everything else: ``_spikes_rows``. Inlined
+    or not, a call of this function takes a reference count on each array argument (the
+    inlined arguments become new variables): atomic adds that every thread makes on the
+    shared output and table, once per call. The gather kernel, which calls it once per step
+    and item, makes the same choice itself (``out_block`` in ``_gather_items``) and calls
+    ``block_rows`` directly (bench/RESULTS.md "Session 14").
     """
     if mode != OUT_ELEMENTS and nc == ct and block_fits(P, ct):
         block_rows(spw, 0, of, o0 + c0 * P, P, ct)
