@@ -11,7 +11,8 @@ single-process conversion over the same calibration images, and evaluation numbe
 the same integers.
 
 Backends: gloo for CPU tensors, nccl for CUDA (one GPU per rank, ``LOCAL_RANK``). Use
-:func:`init_from_env` under ``torchrun``, or pass your own initialized process group.
+:func:`init_from_env` under ``torchrun`` (and :func:`shutdown` before exiting), or pass your own
+initialized process group.
 """
 
 from __future__ import annotations
@@ -126,6 +127,9 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+_OWNED_GROUP = False  # True once init_from_env has initialized the default process group
+
+
 def init_from_env() -> Shard:
     """Initialize torch.distributed from torchrun's environment (RANK, WORLD_SIZE, ...).
 
@@ -134,9 +138,14 @@ def init_from_env() -> Shard:
     kernels of each process get the machine's cores divided by ``LOCAL_WORLD_SIZE`` (torchrun
     already gives torch one thread per process through ``OMP_NUM_THREADS``).
 
+    Call :func:`shutdown` before the process exits (the CLI does): a process that exits with
+    its gloo group alive can abort in the group's threads ("terminate called without an active
+    exception").
+
     Raises:
         ValueError: more ranks on this machine than GPUs when using CUDA.
     """
+    global _OWNED_GROUP
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Shard()
@@ -155,4 +164,14 @@ def init_from_env() -> Shard:
                 import numba
 
                 numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        _OWNED_GROUP = True
     return shard_from(None)
+
+
+def shutdown() -> None:
+    """Destroy the default process group if :func:`init_from_env` created it (a group the
+    caller initialized is left alone). Safe to call more than once and in a single process."""
+    global _OWNED_GROUP
+    if _OWNED_GROUP and dist.is_initialized():
+        dist.destroy_process_group()
+    _OWNED_GROUP = False

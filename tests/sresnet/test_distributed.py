@@ -5,6 +5,7 @@ import torch
 
 from sresnet.convert.lowlat import kth_largest
 
+import sresnet.distributed as sdist
 from sresnet.distributed import Shard, numba_threads_per_process, shard_range
 
 import _dist_tasks
@@ -34,6 +35,40 @@ def test_numba_threads_divide_the_cores_among_local_processes(env, cpus, expecte
     """torchrun's processes on one machine share its cores: Numba's default (every core in
     every process) would oversubscribe them; a user's NUMBA_NUM_THREADS stands."""
     assert numba_threads_per_process(env, cpus) == expected
+
+
+_INIT = torch.distributed.init_process_group
+
+
+def _one_process_group(tmp_path, name="group"):
+    """A real gloo group of world size 1 (no peers needed)."""
+    _INIT("gloo", init_method=f"file://{tmp_path / name}", rank=0, world_size=1)
+
+
+def test_shutdown_destroys_only_the_group_init_from_env_started(tmp_path, monkeypatch):
+    """A torchrun process that exits with its gloo group alive can abort in the group's threads
+    (seen as SIGABRT, "terminate called without an active exception", in CI): the CLI calls
+    shutdown(), which destroys the group init_from_env started and leaves a user's alone."""
+    dist = torch.distributed
+    assert not dist.is_initialized()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "1")  # the user's choice: init_from_env leaves Numba's threads
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: _one_process_group(tmp_path))
+    try:
+        shard = sdist.init_from_env()
+        assert dist.is_initialized() and (shard.rank, shard.world) == (0, 1)
+        sdist.shutdown()
+        assert not dist.is_initialized()
+        sdist.shutdown()  # twice: nothing to do
+        monkeypatch.undo()
+        _one_process_group(tmp_path, "users")  # the caller's own group
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        sdist.init_from_env()  # finds it initialized: uses it
+        sdist.shutdown()
+        assert dist.is_initialized(), "shutdown destroyed a group it did not start"
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("percentile,per_channel", [(99.0, False), (99.9, True), ("max", True)],
@@ -104,3 +139,12 @@ def test_more_processes_than_calibration_images_is_refused(method):
         else:
             compensate.compensate(snn, None, snn.scales, _dist_tasks._calib(4), "bias", None, timesteps=4,
                                   subset=4, batch_size=4, shard=five)
+
+
+def test_cli_shuts_the_group_down_on_success_and_on_error(monkeypatch, tmp_path):
+    from sresnet.cli import main
+
+    calls = []
+    monkeypatch.setattr(sdist, "shutdown", lambda: calls.append(1))
+    assert main(["eval", "--model", "resnet20", "--data", str(tmp_path / "missing.npz")]) == 2
+    assert calls == [1]
