@@ -252,9 +252,15 @@ def initial_membrane(v0, thr: torch.Tensor, state_shape: Sequence[int], device: 
         return v0
     if v0 is None:
         if thr.numel() == 1:
+            if torch.device(device).type == "cpu":
+                # numpy, not torch: a torch fill of this size can start an OpenMP region, and under
+                # OMP_WAIT_POLICY=PASSIVE waking its threads costs more than the fill (tens of us)
+                return _filled(state_shape, np.float32(float(thr[0]) * 0.5))
             return torch.full(state_shape, float(thr[0]) * 0.5, dtype=torch.float32, device=device)
         view = [1] * len(state_shape)
         view[1] = thr.numel()
+        if torch.device(device).type == "cpu":
+            return _filled(state_shape, thr.detach().numpy().reshape(view) * np.float32(0.5))
         return (thr * 0.5).view(view).expand(state_shape).contiguous()
     if isinstance(v0, torch.Tensor):
         if v0.device != device:
@@ -272,8 +278,17 @@ def initial_membrane(v0, thr: torch.Tensor, state_shape: Sequence[int], device: 
     if isinstance(v0, (int, float)) and not isinstance(v0, bool):
         if not math.isfinite(v0):
             raise ValueError(f"v0={v0!r} must be finite")
+        if torch.device(device).type == "cpu":
+            return _filled(state_shape, np.float32(v0))
         return torch.full(state_shape, float(v0), dtype=torch.float32, device=device)
     raise TypeError(f"v0 must be None, a number or a tensor, got {type(v0).__name__}")
+
+
+def _filled(shape: tuple, value: np.ndarray | np.float32) -> torch.Tensor:
+    """A new float32 CPU tensor of ``shape`` set to ``value`` (broadcast) by numpy, on this thread."""
+    out = torch.empty(shape, dtype=torch.float32)
+    np.copyto(out.numpy(), value)
+    return out
 
 
 def time_source(x: torch.Tensor) -> torch.Tensor:

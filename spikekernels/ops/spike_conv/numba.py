@@ -13,8 +13,10 @@ the IF update runs channels-last over the buffer with a channels-last membrane (
 the same float32 operations, in the same order, as ``if_scan``), clears it, and the spikes
 are transposed to ``[Cout, H', W']`` 8x8 bytes at a time.
 
-All host-side preparation is numpy, not torch: torch's own OpenMP pool spins for
-milliseconds after each parallel torch op, on the cores the Numba threads need.
+All host-side preparation is numpy, not torch: a torch op large enough to go parallel
+starts torch's own OpenMP pool, which either spins for milliseconds on the cores the Numba
+threads need or, under the OMP_WAIT_POLICY=PASSIVE that spikekernels sets, has to wake its
+sleeping threads (tens of microseconds a call: more than a fill or a count of this size).
 
 Dense path (``_dense``): above SPIKEKERNELS_CONV_DENSE_DENSITY input density, torch's conv
 runs on chunks of a few steps (no temporary over 32 MiB, so none is a fresh mmap) and
@@ -297,15 +299,17 @@ def _if_epilogue(x, T, inner, thr, v, out, reset_zero, v_reset, res, rs, has_res
 def estimate_density(s: torch.Tensor) -> float:
     """Fraction of nonzero inputs: exact up to DENSITY_SAMPLE elements, past that from about
     DENSITY_SAMPLE of them, in runs of DENSITY_RUN contiguous elements evenly strided over the
-    input (an odd number of runs apart)."""
-    flat = s.reshape(-1)
-    n = flat.numel()
+    input (an odd number of runs apart). ``s``: a CPU tensor of a dtype numpy reads (uint8,
+    float32 ...); NaN counts as nonzero, -0.0 as zero. Counted by numpy on this thread (see
+    the module docstring on torch's OpenMP threads)."""
+    flat = s.numpy().reshape(-1)
+    n = flat.shape[0]
     if n <= DENSITY_SAMPLE:
-        return float(torch.count_nonzero(flat)) / max(1, n)
-    runs = flat[: n // DENSITY_RUN * DENSITY_RUN].view(-1, DENSITY_RUN)
+        return np.count_nonzero(flat) / max(1, n)
+    runs = flat[: n // DENSITY_RUN * DENSITY_RUN].reshape(-1, DENSITY_RUN)
     step = max(1, runs.shape[0] // (DENSITY_SAMPLE // DENSITY_RUN)) | 1
     sample = runs[::step]
-    return float(torch.count_nonzero(sample)) / sample.numel()
+    return np.count_nonzero(sample) / sample.size
 
 
 def _dense(s, weight, bias, stride, padding, thr, v, out, reset_zero, v_reset, res, rs, neuron, sb=None) -> None:
