@@ -1,7 +1,7 @@
 """Run spike_conv2d on one layer shape in a loop, for ``perf``, with Numba's JIT code named.
 
 perf cannot name the functions Numba compiles in the process (no perf map, no debug info), so
-at exit this writes ``/tmp/perf-PID.map`` (perf reads it by itself) with the address and
+after the first (compiling) call this writes ``/tmp/perf-PID.map`` (perf reads it by itself) with the address and
 size of every function in the libraries of spikekernels' Numba dispatchers, and dumps each
 function's code to ``/tmp/jitcode-PID/ADDRESS.bin`` for disassembly. The kernels must be
 compiled in this process, not loaded from Numba's cache (a cached library has no module to
@@ -21,7 +21,6 @@ the gaps between consecutive functions (the last one 64 KiB).
 from __future__ import annotations
 
 import argparse
-import atexit
 import ctypes
 import os
 import sys
@@ -89,13 +88,15 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--shape {args.shape!r}: accepted: {', '.join(SHAPES)}")
     if args.calls < 1:
         p.error(f"--calls {args.calls}: accepted: 1 or more")
-    atexit.register(write_perf_map)
     shape = SHAPES[args.shape]
     s, w, b = inputs(shape, args.density, args.batch, args.timesteps, getattr(torch, args.dtype))
     stride, padding = shape[4], shape[5]
     t0 = time.perf_counter()
     sk.spike_conv2d(s, w, b, stride=stride, padding=padding, backend="numba")
     print(f"first call (compiles) {time.perf_counter() - t0:.1f} s", flush=True)
+    # now, not at exit: every kernel this shape runs is compiled, and a process that perf
+    # records sometimes crashes at exit (seen under perf 6.x: SIGSEGV in the interpreter's teardown)
+    write_perf_map()
     t0 = time.perf_counter()
     for _ in range(args.calls):
         sk.spike_conv2d(s, w, b, stride=stride, padding=padding, backend="numba")
