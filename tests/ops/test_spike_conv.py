@@ -564,13 +564,13 @@ def test_picked_pack(Cin, H, dtype):
     Cb, Ho = -(-Cin // 8), (H - 1) // 2 + 1
     pk = np.full((6, Ho * Ho * Cb + 8), 0xAA, np.uint8)
     picked = numba_gather.PICKED[(H, H, 2, 2)]
-    assert not numba_gather._pack_picked(s.reshape(6, -1), pk, Cin, H * H, Cb, np.array(picked))
+    assert not numba_gather._pack_picked(s.reshape(6, -1), pk, Cin, H * H, Cb, np.array(picked), 2)
     np.testing.assert_array_equal(pk, _bits_numpy(np.ascontiguousarray(s[:, :, ::2, ::2]), 0, 0))
     for item, c, y, x in [(0, 0, 0, 0), (5, Cin - 1, H - 1, H - 1), (3, Cin // 2, 0, H - 1)]:
         for value in ([2] if dtype == np.uint8 else [0.5, np.nan, -1.0]):
             bad = s.copy()
             bad[item, c, y, x] = value
-            assert numba_gather._pack_picked(bad.reshape(6, -1), pk, Cin, H * H, Cb, np.array(picked)), (item, c, y, x)
+            assert numba_gather._pack_picked(bad.reshape(6, -1), pk, Cin, H * H, Cb, np.array(picked), 2), (item, c, y, x)
     x = torch.from_numpy(s).view(2, 3, Cin, H, H)
     g = torch.Generator().manual_seed(Cin)
     w, b = torch.randn(24, Cin, 1, 1, generator=g) / Cin ** 0.5, torch.randn(24, generator=g) * 0.1
@@ -581,6 +581,77 @@ def test_picked_pack(Cin, H, dtype):
             runs[pick] = sk.spike_conv2d(x, w, b, stride=2, backend="numba", return_state=True)
     assert torch.equal(runs[True][0], runs[False][0]) and torch.equal(runs[True][1], runs[False][1])
     assert runs[True][0].sum() > 0
+
+
+# (Cin, H, W, k, stride, padding): the picked pack (1x1 stride 2 on 4x4 and 2x2), the word
+# pack (8x8, 4x4, a 1x1 map, an odd map, partial 8-channel groups)
+FUSED_CASES = [(128, 4, 4, 1, 2, 0), (13, 2, 2, 1, 2, 0), (16, 8, 8, 3, 1, 1), (20, 4, 4, 3, 1, 1),
+               (64, 1, 1, 3, 1, 1), (9, 5, 4, 3, 2, 1)]
+
+
+def _fused_runs(s, w, b, stride, padding, **kw):
+    """The op with the pack fused into the kernel's region, then with the pack on its own;
+    the first must not call the separate packs."""
+    runs = {}
+    for fuse in (True, False):
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(numba_gather, "FUSE_PACK", fuse)
+            if fuse:
+                for name in ("_pack", "_pack_picked"):
+                    m.setattr(numba_gather, name, lambda *a, name=name: pytest.fail(f"{name} ran: the pack was not fused"))
+            runs[fuse] = sk.spike_conv2d(s, w, b, stride=stride, padding=padding, backend="numba", **kw)
+    return runs[True], runs[False]
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=[str(c) for c in FUSED_CASES])
+@pytest.mark.parametrize("variant", ["neuron", "residual-zero-reset", "currents"])
+def test_fused_pack_equals_the_separate_pack(case, variant):
+    """uint8 spikes on small maps are packed inside the gather kernel's parallel region, each
+    thread its own images (FUSE_PACK): spikes, membrane and currents are those of the pack run
+    on its own first, bit for bit, with a residual, the zero reset, a given v0, or no neuron."""
+    Cin, H, W, k, stride, padding = case
+    g = torch.Generator().manual_seed(Cin * H + k)
+    B, Cout = 4, 24
+    s = (torch.rand(5, B, Cin, H, W, generator=g) < 0.3).to(torch.uint8)
+    w, b = torch.randn(Cout, Cin, k, k, generator=g) / (Cin * k * k) ** 0.5, torch.randn(Cout, generator=g) * 0.1
+    Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+    kw = {}
+    if variant == "residual-zero-reset":
+        kw = dict(residual=(torch.rand(5, B, Cout, Ho, Wo, generator=g) < 0.3).to(torch.uint8), reset="zero",
+                  v0=torch.rand(B, Cout, Ho, Wo, generator=g), return_state=True)
+    elif variant == "currents":
+        kw = dict(neuron=False)
+    else:
+        kw = dict(return_state=True)
+    fused, separate = _fused_runs(s, w, b, stride, padding, **kw)
+    if variant == "currents":
+        assert torch.equal(fused, separate)
+    else:
+        assert torch.equal(fused[0], separate[0]) and torch.equal(fused[1], separate[1])
+        assert 0 < int(fused[0].count_nonzero()) < fused[0].numel()
+
+
+@pytest.mark.parametrize("case", FUSED_CASES[:3], ids=[str(c) for c in FUSED_CASES[:3]])
+@pytest.mark.parametrize("image", [0, 3])
+def test_fused_pack_with_a_value_other_than_0_1_runs_the_scatter_kernel(case, image):
+    """A value other than 0/1 found by the fused pack (in the first or the last image): the op
+    falls back to the scatter kernel from the membrane it was given (the other thread's images
+    were already stepped: their membranes are put back), as the separate pack does."""
+    Cin, H, W, k, stride, padding = case
+    g = torch.Generator().manual_seed(7 + image)
+    B, Cout = 4, 16
+    s = (torch.rand(5, B, Cin, H, W, generator=g) < 0.3).to(torch.uint8)
+    s[2, image, Cin - 1, H - 1, W - 1] = 2
+    w, b = torch.randn(Cout, Cin, k, k, generator=g) / (Cin * k * k) ** 0.5, torch.randn(Cout, generator=g) * 0.1
+    Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+    v0 = torch.rand(B, Cout, Ho, Wo, generator=g)
+    keep = v0.clone()
+    fused, separate = _fused_runs(s, w, b, stride, padding, v0=v0, return_state=True)
+    assert torch.equal(fused[0], separate[0]) and torch.equal(fused[1], separate[1])
+    assert torch.equal(v0, keep)
+    # the scatter kernel's answer: the reference's currents, within rounding of the threshold
+    assert_spikes_match(fused[0], sk.spike_conv2d(s.float(), w, b, stride=stride, padding=padding, v0=v0,
+                                                  backend="reference"))
 
 
 # (H, W, k, stride, padding, Cin): 1x1 and 2x2 images under a 3x3 field, stride 2, a wide

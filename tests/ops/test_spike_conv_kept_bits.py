@@ -80,6 +80,7 @@ def test_next_conv_reads_the_kept_bits(monkeypatch, shape, reader):
     packs = []
     real = numba_gather._pack
     monkeypatch.setattr(numba_gather, "_pack", lambda *a: packs.append(1) or real(*a))
+    monkeypatch.setattr(numba_gather, "FUSE_PACK", False)  # every pack through _pack, counted
     got, v = sk.spike_conv2d(out, w, b, st, pad, backend="numba", return_state=True)
     reads_kept = max(pad) <= numba_gather.KEEP_PAD
     assert len(packs) == (0 if reads_kept else 1), "the kept bits should replace the pack exactly when they fit"
@@ -163,6 +164,7 @@ def test_simulation_is_the_same_with_and_without_kept_bits(monkeypatch):
         packs = []
         monkeypatch.setattr(numba_gather, "_pack", lambda *a: packs.append(1) or real(*a))
         monkeypatch.setattr(numba_gather, "KEEP", keep)
+        monkeypatch.setattr(numba_gather, "FUSE_PACK", False)  # every pack through _pack, counted
         with torch.no_grad():
             scores = snn(images, timesteps=8, backend="numba")
         runs.append((scores, dict(snn.last_stats["spikes"]), len(packs)))

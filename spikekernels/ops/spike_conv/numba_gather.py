@@ -80,7 +80,7 @@ from ... import _checks
 from ..if_scan.numba import spike_buffer
 from .numba_rows import (_SPREAD, OUT_ELEMENTS, _byte_pointer, _current_row, _load_u8, _load_u16, _load_u32,
                          _load_u64, _membrane_in, _membrane_out, _residual_in, _spikes_out, _spikes_rows,
-                         _step_bias_row, _tile_setup, aligned_zeros, spikes_out_mode)
+                         _step_bias_row, _tile_setup, _zero_bytes, aligned_zeros, spikes_out_mode)
 from .numba_transpose import block_fits, block_rows
 
 # accumulator width per output pixel in units of 8 float32 (ct = 8 * nv channels per tile); in
@@ -991,19 +991,29 @@ def _pack(s: np.ndarray, pk: np.ndarray, H: int, W: int, Cb: int, Wp: int, ph: i
     at 1x1, 1.2-1.5x on 16-256 channels.
     """
     TB, Cin, HW = s.shape
-    y, x = np.divmod(np.arange(HW, dtype=np.int64), W)
-    doff = ((y + ph) * Wp + pw + x) * Cb
+    doff, n, ones = _pixel_words(H, W, Cb, Wp, ph, pw)
     if s.dtype == np.uint8:
         s = np.ascontiguousarray(s)
-        n = next(n for n in _PIXEL_WORDS if HW % n == 0)
-        ones = np.uint64(int.from_bytes(b"\x01" * n, "little"))
         if HW // n < PLANES_WORDS:
-            return _pack_words(s.reshape(TB, Cin * HW), pk, Cin, HW, Cb, doff, n, ones)
+            return _pack_words(s.reshape(TB, Cin * HW), pk, Cin, HW, Cb, doff, n, ones, numba.get_num_threads())
         return _pack_bytes(s.view(_PIXEL_WORDS[n]), pk, Cb, doff, ones)
     if HW == 1 or (HW <= FLOAT_WORDS_PIXELS and HW % 4 == 0):
         s = np.ascontiguousarray(s)
         return _pack_float_words(s.reshape(TB, Cin * HW), pk, Cin, HW, Cb, doff, 8 if HW % 8 == 0 else 4, _SPREAD)
     return _pack_floats(s, pk, Cb, doff)
+
+
+@functools.lru_cache(maxsize=256)
+def _pixel_words(H: int, W: int, Cb: int, Wp: int, ph: int, pw: int) -> tuple[np.ndarray, int, np.uint64]:
+    """``_pack``'s plan for an ``H x W`` map: ``doff`` (each pixel's byte in a row of bits;
+    cached, not writable), ``n`` (pixels a uint8 word holds: 8, 4, 2 or 1, the most that
+    divides ``H W``) and ``ones`` (the word of ``n`` bytes 1). uint8 spikes go through
+    ``_pack_words`` when fewer than PLANES_WORDS words make a channel row."""
+    y, x = np.divmod(np.arange(H * W, dtype=np.int64), W)
+    n = next(n for n in _PIXEL_WORDS if (H * W) % n == 0)
+    doff = ((y + ph) * Wp + pw + x) * Cb
+    doff.flags.writeable = False
+    return doff, n, np.uint64(int.from_bytes(b"\x01" * n, "little"))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -1053,57 +1063,76 @@ def _load_pixels(src, off, n):
 
 
 @numba.njit(parallel=True, cache=True)
-def _pack_words(s8, pk, Cin, HW, Cb, doff, n, ones):
-    """``_pack`` of uint8 spikes ``s8 [T * B, Cin * H * W]`` on small maps, the loop over a
-    group's 8 channels inside: per group and word of ``n`` pixels, the OR of the 8 channels'
-    words shifted by the channel is the ``n`` pixels' bytes of the group. Loads at byte
-    offsets (``_load_u64`` and kin: no index arithmetic or checks per word, a whole group's
-    8 loads unrolled). A 1x1 map has its channels in a row: 8 channel bytes -> their bits by
-    one multiply (``_PACK8``). ``ones``: as ``_pack_bytes``."""
+def _pack_words(s8, pk, Cin, HW, Cb, doff, n, ones, n_threads):
+    """``_pack`` of uint8 spikes ``s8 [T * B, Cin * H * W]`` on small maps (``_words_rows``),
+    rows shared out in one run per thread (``n_threads``: Numba's thread count)."""
     TB = s8.shape[0]
+    n_runs = min(TB, n_threads)
+    sf = s8.reshape(s8.size)
+    pkf = pk.reshape(pk.size)
+    bad = np.zeros(n_runs, np.uint8)
+    for run in numba.prange(n_runs):
+        bad[run] = _words_rows(run * TB // n_runs, (run + 1) * TB // n_runs, sf, Cin * HW, pkf, pk.shape[1], Cin,
+                               HW, Cb, doff, n, ones)
+    return bad.any()
+
+
+@numba.njit(cache=True)
+def _words_rows(r_lo, r_hi, sf, s_row, pkf, pk_row, Cin, HW, Cb, doff, n, ones):
+    """Rows ``r_lo .. r_hi - 1`` (steps x images) of ``_pack_words``: row ``r`` of uint8 spikes
+    at element ``r * s_row`` of ``sf`` (flat ``[T * B, Cin * H * W]``) -> its bits at byte ``r *
+    pk_row`` of ``pkf`` (flat ``pk``, the row zeroed first); True when a value is not 0/1.
+    The loop over a group's 8 channels inside: per group and word of ``n`` pixels, the OR of
+    the 8 channels' words shifted by the channel is the ``n`` pixels' bytes of the group.
+    Loads at byte offsets (``_load_u64`` and kin: no index arithmetic or checks per word, a
+    whole group's 8 loads unrolled). A 1x1 map has its channels in a row: 8 channel bytes ->
+    their bits by one multiply (``_PACK8``). ``ones``: as ``_pack_bytes``. Flat arrays and
+    one call per run of rows: no view or call per row, each of which takes atomic reference
+    counts on arrays the threads share."""
     full = Cin // 8
     nw = HW // n
-    bad = np.zeros(TB, np.uint8)
-    for item in numba.prange(TB):
-        src = s8[item]
-        dst = pk[item]
-        dst[:] = 0
-        big = np.uint64(0)
+    big = np.uint64(0)
+    for r in range(r_lo, r_hi):
+        s0 = r * s_row
+        d0 = r * pk_row
+        _zero_bytes(pkf, d0, pk_row)
         if HW == 1:
-            d0 = doff[0]
+            d1 = d0 + doff[0]
+            word = np.uint64(0)
             for g in range(full):
-                w = _load_u64(src, 8 * g)
-                big |= w
-                dst[d0 + g] = np.uint8((w * _PACK8) >> np.uint64(56))
+                w = _load_u64(sf, s0 + 8 * g)
+                word |= w
+                pkf[d1 + g] = np.uint8((w * _PACK8) >> np.uint64(56))
             if full < Cb:
                 m = np.uint64(0)
                 for k in range(Cin - 8 * full):
-                    w = _load_u8(src, 8 * full + k)
-                    big |= w
+                    w = _load_u8(sf, s0 + 8 * full + k)
+                    word |= w
                     m |= w << np.uint64(k)
-                dst[d0 + full] = np.uint8(m)
+                pkf[d1 + full] = np.uint8(m)
             # 8 channel bytes a word here, not n = 1 pixel's
-            bad[item] = (big & ~_SUM8) != np.uint64(0)
+            big |= word & ~_SUM8
             continue
+        word = np.uint64(0)
         for g in range(Cb):
             kn = min(8, Cin - 8 * g)
             for i in range(nw):
                 m = np.uint64(0)
-                o = 8 * g * HW + i * n
+                o = s0 + 8 * g * HW + i * n
                 if kn == 8:
                     for k in range(8):
-                        w = _load_pixels(src, o + k * HW, n)
-                        big |= w
+                        w = _load_pixels(sf, o + k * HW, n)
+                        word |= w
                         m |= w << np.uint64(k)
                 else:
                     for k in range(kn):
-                        w = _load_pixels(src, o + k * HW, n)
-                        big |= w
+                        w = _load_pixels(sf, o + k * HW, n)
+                        word |= w
                         m |= w << np.uint64(k)
                 for j in range(n):
-                    dst[doff[i * n + j] + g] = np.uint8((m >> np.uint64(8 * j)) & np.uint64(0xFF))
-        bad[item] = (big & ~ones) != np.uint64(0)
-    return bad.any()
+                    pkf[d0 + doff[i * n + j] + g] = np.uint8((m >> np.uint64(8 * j)) & np.uint64(0xFF))
+        big |= word & ~ones
+    return big != np.uint64(0)
 
 
 # 1x1 stride-2 convs on the maps of PICKED (H, W, sy, sx; ResNet-18's 128->256 and 256->512
@@ -1111,6 +1140,10 @@ def _pack_words(s8, pk, Cin, HW, Cb, doff, n, ones):
 # row-major in the map). PICK off: the whole map, as every other layer
 PICK = True
 PICKED = {(4, 4, 2, 2): (0, 2, 8, 10), (2, 2, 2, 2): (0,)}
+# the same as int64 arrays (not writable), as the pack takes them
+_PICKED_PX = {key: np.array(px, np.int64) for key, px in PICKED.items()}
+for _px in _PICKED_PX.values():
+    _px.flags.writeable = False
 
 
 def _picked_codegen(HW: int, pixels: tuple):
@@ -1170,40 +1203,54 @@ else:
 
 
 @numba.njit(parallel=True, cache=True)
-def _pack_picked(s8, pk, Cin, HW, Cb, picked):
+def _pack_picked(s8, pk, Cin, HW, Cb, picked, n_threads):
     """``_pack`` of uint8 or float32 spikes ``s8 [T * B, Cin * H * W]`` for a 1x1 stride-2 conv
-    on a map of PICKED (``HW`` 16 or 4; ``picked``: its entry, the pixels read, as an int64
-    array): only the pixels the conv reads, into a compact map of ``n_pick = len(picked)``
-    pixels (no border): byte ``j * Cb + g`` of ``pk [T * B, n_pick * Cb + 8]``. A whole group of 8 channels by one intrinsic
-    (``_picked4`` / ``_picked2``: its 8 rows are one block), a partial last group channel by
-    channel. Every input value is still checked to be 0/1 (True: some is not)."""
+    on a map of PICKED (``_picked_rows``), rows shared out in one run per thread
+    (``n_threads``: Numba's thread count). True when some input value is not 0/1."""
     TB = s8.shape[0]
+    n_runs = min(TB, n_threads)
+    sf = s8.reshape(s8.size)
+    pkf = pk.reshape(pk.size)
+    bad = np.zeros(n_runs, np.uint8)
+    for run in numba.prange(n_runs):
+        bad[run] = _picked_rows(run * TB // n_runs, (run + 1) * TB // n_runs, sf, Cin * HW, pkf, pk.shape[1], Cin,
+                                HW, Cb, picked)
+    return bad.any()
+
+
+@numba.njit(cache=True)
+def _picked_rows(r_lo, r_hi, sf, s_row, pkf, pk_row, Cin, HW, Cb, picked):
+    """Rows ``r_lo .. r_hi - 1`` of ``_pack_picked`` (flat arrays as ``_words_rows``): only the
+    pixels the conv reads (``HW`` 16 or 4; ``picked``: the PICKED entry, as an int64 array),
+    into a compact map of ``n_pick = len(picked)`` pixels (no border): byte ``j * Cb + g`` of
+    the row (``pk_row >= n_pick * Cb``; the rest of the row zeroed). A whole group of 8
+    channels by one intrinsic (``_picked4`` / ``_picked2``: its 8 rows are one block), a
+    partial last group channel by channel. Every input value is still checked to be 0/1
+    (True: some is not)."""
     full = Cin // 8
     n_pick = picked.shape[0]
-    bad = np.zeros(TB, np.uint8)
-    for item in numba.prange(TB):
-        src = s8[item]
-        dst = pk[item]
-        flag = np.uint64(0)
+    flag = np.uint64(0)
+    for r in range(r_lo, r_hi):
+        s0 = r * s_row
+        d0 = r * pk_row
         for g in range(full):
-            r = _picked4(src, 8 * g * HW) if HW == 16 else _picked2(src, 8 * g * HW)
-            flag |= r >> np.uint64(63)
+            bits = _picked4(sf, s0 + 8 * g * HW) if HW == 16 else _picked2(sf, s0 + 8 * g * HW)
+            flag |= bits >> np.uint64(63)
             for j in range(n_pick):
-                dst[j * Cb + g] = np.uint8((r >> np.uint64(8 * j)) & np.uint64(0xFF))
+                pkf[d0 + j * Cb + g] = np.uint8((bits >> np.uint64(8 * j)) & np.uint64(0xFF))
         if full < Cb:
             for j in range(n_pick):
-                dst[j * Cb + full] = 0
+                pkf[d0 + j * Cb + full] = np.uint8(0)
             for k in range(Cin - 8 * full):
-                row = (8 * full + k) * HW
+                row = s0 + (8 * full + k) * HW
                 for i in range(HW):
-                    val = src[row + i]
+                    val = sf[row + i]
                     flag |= np.uint64((val != 0) & (val != 1))
                 for j in range(n_pick):
-                    if src[row + picked[j]] != 0:
-                        dst[j * Cb + full] |= np.uint8(1 << k)
-        dst[n_pick * Cb:] = 0
-        bad[item] = flag != 0
-    return bad.any()
+                    if sf[row + picked[j]] != 0:
+                        pkf[d0 + j * Cb + full] |= np.uint8(1 << k)
+        _zero_bytes(pkf, d0 + n_pick * Cb, pk_row - n_pick * Cb)
+    return flag != np.uint64(0)
 
 
 def _float_bits_codegen(lanes: int):
@@ -1513,11 +1560,25 @@ def _gather_items(lo, hi, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws
         n_kept[item] = n_out
 
 
+# switch: the pack of uint8 spikes on small maps runs inside the gather kernel's parallel
+# region (see _gather_kernel); off, in a region of its own first
+FUSE_PACK = True
+# placeholder arguments of the kernel where the pack is not fused (the same Numba types)
+_NO_U8 = np.zeros((1, 1), np.uint8)
+_NO_I64 = np.zeros(1, np.int64)
+_NO_I64.flags.writeable = False  # as the tables it stands for (_pixel_words, _PICKED_PX)
+_NO_F32 = np.zeros(1, np.float32)
+
+# fused pack (_gather_kernel's pack_mode): each thread packs the images it then convolves,
+# in the kernel's parallel region; PACK_NONE: the bits are in pk already
+PACK_NONE, PACK_WORDS, PACK_PICKED = 0, 1, 2
+
+
 @numba.njit(parallel=True, cache=True)
 def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho, Wo, bias, thr,
                    rs, v, out, fast_out, spread, reset_zero, v_reset, res, has_res, res_words, fast_res,
                    neuron, sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column, tile_major,
-                   n_chunks):
+                   n_chunks, pack_mode, s8, Cin, HW, doff, n_px, ones, picked, v_save, bad):
     """``_gather_items`` for every (image, channel tile), in parallel: ``n_chunks`` (the
     threads) runs of consecutive items.
 
@@ -1526,13 +1587,51 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y
     compiled in the process (the same instructions: an effect of where the code lands, not
     identified without performance counters): 1.3-2x on ResNet-20's 32-channel layer, 1.1-1.3x
     end to end; split, 0.98-1.16x end to end (bench/RESULTS.md "Session 8").
+
+    ``pack_mode`` PACK_WORDS / PACK_PICKED (image-major items): run ``chunk`` is whole images
+    ``chunk * B // n_chunks ..``, and its thread first packs them, every step, from uint8
+    spikes ``s8 [T * B, Cin * HW]`` into ``pk`` (``_words_rows`` with ``doff``, ``n_px``,
+    ``ones``; ``_picked_rows`` with ``picked``): one parallel region a call instead of two
+    (waking the sleeping OpenMP threads costs tens of microseconds each). It first copies its
+    images' membranes ``v`` to ``v_save``; images with a value other than 0/1 set ``bad
+    [chunk]`` and are not convolved, and the caller, which then runs another kernel from the
+    start, puts ``v_save`` back (the other runs may have stepped theirs).
     """
-    n_items = pk.shape[1] * n_tiles
+    T, B = pk.shape[:2]
+    n_items = B * n_tiles
+    P = Ho * Wo
     for chunk in numba.prange(n_chunks):
-        _gather_items(chunk * n_items // n_chunks, (chunk + 1) * n_items // n_chunks, pk, nv, n_tiles, Wp, Cb, sy,
-                      sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho, Wo, bias, thr, rs, v, out, fast_out,
-                      spread, reset_zero, v_reset, res, has_res, res_words, fast_res, neuron, sb, has_sb, origin,
-                      keep, kept, n_kept, write_out, res_bits, rkept, column, tile_major)
+        if pack_mode == PACK_NONE:
+            lo, hi, ok = chunk * n_items // n_chunks, (chunk + 1) * n_items // n_chunks, True
+        else:
+            b_lo, b_hi = chunk * B // n_chunks, (chunk + 1) * B // n_chunks
+            lo, hi = b_lo * n_tiles, b_hi * n_tiles
+            if neuron:
+                for i in range(b_lo * Cout * P, b_hi * Cout * P):
+                    v_save[i] = v[i]
+            _pack_images(b_lo, b_hi, T, B, pk, pack_mode, s8, Cin, HW, Cb, doff, n_px, ones, picked, bad, chunk)
+            ok = bad[chunk] == 0
+        if ok:
+            _gather_items(lo, hi, pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y, cls_x, wg, Cout, Ho,
+                          Wo, bias, thr, rs, v, out, fast_out, spread, reset_zero, v_reset, res, has_res, res_words,
+                          fast_res, neuron, sb, has_sb, origin, keep, kept, n_kept, write_out, res_bits, rkept, column,
+                          tile_major)
+
+
+@numba.njit(cache=True)
+def _pack_images(b_lo, b_hi, T, B, pk, pack_mode, s8, Cin, HW, Cb, doff, n_px, ones, picked, bad, chunk):
+    """Images ``b_lo .. b_hi - 1`` of ``s8`` packed into ``pk`` at every step (``pack_mode``);
+    ``bad[chunk] = 1`` when a value is not 0/1."""
+    sf = s8.reshape(s8.size)
+    pkf = pk.reshape(pk.size)
+    s_row, pk_row = s8.shape[1], pk.shape[2]
+    flag = False
+    for t in range(T):
+        if pack_mode == PACK_WORDS:
+            flag |= _words_rows(t * B + b_lo, t * B + b_hi, sf, s_row, pkf, pk_row, Cin, HW, Cb, doff, n_px, ones)
+        else:
+            flag |= _picked_rows(t * B + b_lo, t * B + b_hi, sf, s_row, pkf, pk_row, Cin, HW, Cb, picked)
+    bad[chunk] = 1 if flag else 0
 
 
 def _taps_in_image(n_out: int, stride: int, k: int, pad: int, n_in: int) -> tuple[list, np.ndarray]:
@@ -1680,6 +1779,18 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     kept_in = kept if max(ph, pw) <= KEEP_PAD else None
     picked = (PICKED.get((H, W, sy, sx)) if PICK and kept_in is None and (kh, kw) == (1, 1) and (ph, pw) == (0, 0)
               else None)
+    threads = numba.get_num_threads()
+    nv = _vectors(Cout, B, threads)
+    ct = 8 * nv
+    n_tiles = -(-Cout // ct)
+    column = _column_fits(neuron, (kh, kw), stride, Cb, nv)
+    wg = weight_rows(weight, ct, column)
+    tile_major = wg.nbytes > TILE_MAJOR_BYTES
+    # the pack in the kernel's parallel region (PACK_WORDS / PACK_PICKED): uint8 spikes on the
+    # maps _pack_words takes, items image-major, every thread at least one whole image
+    fuse = (FUSE_PACK and kept_in is None and s.dtype == torch.uint8 and not tile_major and B >= threads
+            and (B % threads == 0 or B >= 4 * threads))
+    pack_mode, s8, HW, n_px, ones, picked_px, doff = PACK_NONE, _NO_U8, H * W, 1, np.uint64(0), _NO_I64, _NO_I64
     if kept_in is not None:
         # the bits the kernel that wrote s kept (border KEEP_PAD): start ph, pw inside it
         pk, Wp = kept_in.pk, W + 2 * KEEP_PAD
@@ -1688,23 +1799,27 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
         # only the pixels a 1x1 stride-2 conv reads, as a compact map on which it is a 1x1
         # stride-1 conv (same inputs, same weights, same order)
         pk = np.empty((T, B, Ho * Wo * Cb + 8), np.uint8)
-        if _pack_picked(s.numpy().reshape(T * B, Cin * H * W), pk.reshape(T * B, -1), Cin, H * W, Cb,
-                        np.array(picked, np.int64)):
+        picked_px = _PICKED_PX[(H, W, sy, sx)]
+        if fuse:
+            pack_mode = PACK_PICKED
+        elif _pack_picked(s.numpy().reshape(T * B, Cin * H * W), pk.reshape(T * B, -1), Cin, H * W, Cb, picked_px,
+                          threads):
             return False
         H, W, sy, sx, Wp, origin = Ho, Wo, 1, 1, Wo, 0
     else:
         Hp, Wp = H + 2 * ph, W + 2 * pw
         # 8 bytes of slack: the last word of a receptive field is read whole, then masked
         pk = np.empty((T, B, Hp * Wp * Cb + 8), np.uint8)
-        if _pack(s.numpy().reshape(T * B, Cin, H * W), pk.reshape(T * B, -1), H, W, Cb, Wp, ph, pw):
+        if fuse:
+            doff, n_px, ones = _pixel_words(H, W, Cb, Wp, ph, pw)
+            if HW // n_px < PLANES_WORDS:
+                pack_mode = PACK_WORDS
+        if pack_mode == PACK_NONE and _pack(s.numpy().reshape(T * B, Cin, H * W), pk.reshape(T * B, -1), H, W, Cb,
+                                            Wp, ph, pw):
             return False
         origin = 0
-    threads = numba.get_num_threads()
-    nv = _vectors(Cout, B, threads)
-    ct = 8 * nv
-    n_tiles = -(-Cout // ct)
-    column = _column_fits(neuron, (kh, kw), stride, Cb, nv)
-    wg = weight_rows(weight, ct, column)
+    if pack_mode != PACK_NONE:
+        s8 = s.numpy().reshape(T * B, Cin * HW)
     geometry = (Ho, Wo, sy, sx, ph, pw, H, W)
     tables = _tables(3, 1, Cb, Wp, 3 * ct, geometry, False) if column else _tables(kh, kw, Cb, Wp, ct, geometry)
     if neuron:
@@ -1730,11 +1845,20 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     bits = np.zeros((T, B, (Ho + 2 * KEEP_PAD) * (Wo + 2 * KEEP_PAD) * -(-Cout // 8) + 8) if keep else (1, 1, 1),
                     np.uint8)
     n_kept = np.zeros(B * n_tiles, np.uint64)
+    n_chunks = threads if pack_mode != PACK_NONE else min(threads, B * n_tiles)
+    v_save = np.empty_like(v_np) if pack_mode != PACK_NONE and neuron else _NO_F32
+    bad = np.zeros(n_chunks, np.uint8)
     _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, *tables, wg, Cout, Ho, Wo, bias.numpy(), thr.numpy(),
                    rs.numpy(), v_np, out4, fast_out, _SPREAD, reset_zero, v_reset, res_np,
                    res is not None, res_words, fast_res, neuron, sb_np, step_bias is not None, origin, keep, bits,
-                   n_kept, write, res_kept is not None, rkept, column, wg.nbytes > TILE_MAJOR_BYTES,
-                   min(threads, B * n_tiles))
+                   n_kept, write, res_kept is not None, rkept, column, tile_major, n_chunks, pack_mode, s8, Cin, HW,
+                   doff, n_px, ones, picked_px, v_save, bad)
+    if bad.any():
+        # a value other than 0/1 (found by the fused pack): the membranes as they came in, and
+        # the caller runs the scatter kernel; out and the bits are rewritten or dropped
+        if neuron:
+            v_np[:] = v_save
+        return False
     if stage is not None and write:
         out.copy_(stage)
     if keep:
