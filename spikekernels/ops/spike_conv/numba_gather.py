@@ -995,7 +995,7 @@ def _pack(s: np.ndarray, pk: np.ndarray, H: int, W: int, Cb: int, Wp: int, ph: i
     if s.dtype == np.uint8:
         s = np.ascontiguousarray(s)
         if HW // n < PLANES_WORDS:
-            return _pack_words(s.reshape(TB, Cin * HW), pk, Cin, HW, Cb, doff, n, ones, numba.get_num_threads())
+            return _pack_words(s.reshape(TB, Cin * HW), pk, Cin, HW, Cb, doff, n, ones)
         return _pack_bytes(s.view(_PIXEL_WORDS[n]), pk, Cb, doff, ones)
     if HW == 1 or (HW <= FLOAT_WORDS_PIXELS and HW % 4 == 0):
         s = np.ascontiguousarray(s)
@@ -1063,76 +1063,63 @@ def _load_pixels(src, off, n):
 
 
 @numba.njit(parallel=True, cache=True)
-def _pack_words(s8, pk, Cin, HW, Cb, doff, n, ones, n_threads):
-    """``_pack`` of uint8 spikes ``s8 [T * B, Cin * H * W]`` on small maps (``_words_rows``),
-    rows shared out in one run per thread (``n_threads``: Numba's thread count)."""
+def _pack_words(s8, pk, Cin, HW, Cb, doff, n, ones):
+    """``_pack`` of uint8 spikes ``s8 [T * B, Cin * H * W]`` on small maps, row by row
+    (``_words_row``); True when some value is not 0/1."""
     TB = s8.shape[0]
-    n_runs = min(TB, n_threads)
-    sf = s8.reshape(s8.size)
-    pkf = pk.reshape(pk.size)
-    bad = np.zeros(n_runs, np.uint8)
-    for run in numba.prange(n_runs):
-        bad[run] = _words_rows(run * TB // n_runs, (run + 1) * TB // n_runs, sf, Cin * HW, pkf, pk.shape[1], Cin,
-                               HW, Cb, doff, n, ones)
+    bad = np.zeros(TB, np.uint8)
+    for item in numba.prange(TB):
+        bad[item] = _words_row(s8[item], pk[item], Cin, HW, Cb, doff, n, ones)
     return bad.any()
 
 
-@numba.njit(cache=True)
-def _words_rows(r_lo, r_hi, sf, s_row, pkf, pk_row, Cin, HW, Cb, doff, n, ones):
-    """Rows ``r_lo .. r_hi - 1`` (steps x images) of ``_pack_words``: row ``r`` of uint8 spikes
-    at element ``r * s_row`` of ``sf`` (flat ``[T * B, Cin * H * W]``) -> its bits at byte ``r *
-    pk_row`` of ``pkf`` (flat ``pk``, the row zeroed first); True when a value is not 0/1.
-    The loop over a group's 8 channels inside: per group and word of ``n`` pixels, the OR of
-    the 8 channels' words shifted by the channel is the ``n`` pixels' bytes of the group.
-    Loads at byte offsets (``_load_u64`` and kin: no index arithmetic or checks per word, a
-    whole group's 8 loads unrolled). A 1x1 map has its channels in a row: 8 channel bytes ->
-    their bits by one multiply (``_PACK8``). ``ones``: as ``_pack_bytes``. Flat arrays and
-    one call per run of rows: no view or call per row, each of which takes atomic reference
-    counts on arrays the threads share."""
+@numba.njit(cache=True, inline="always")
+def _words_row(src, dst, Cin, HW, Cb, doff, n, ones):
+    """One row (a step of an image) of ``_pack_words``: uint8 spikes ``src [Cin * H * W]`` ->
+    bits ``dst`` (zeroed first); True when a value is not 0/1. The loop over a group's 8
+    channels inside: per group and word of ``n`` pixels, the OR of the 8 channels' words
+    shifted by the channel is the ``n`` pixels' bytes of the group. Loads at byte offsets
+    (``_load_u64`` and kin: no index arithmetic or checks per word, a whole group's 8 loads
+    unrolled). A 1x1 map has its channels in a row: 8 channel bytes -> their bits by one
+    multiply (``_PACK8``). ``ones``: as ``_pack_bytes``. (Inlined, on row views, as the loop
+    body it was: the same function on flat arrays with offsets ran 10-15% slower.)"""
     full = Cin // 8
     nw = HW // n
+    dst[:] = 0
     big = np.uint64(0)
-    for r in range(r_lo, r_hi):
-        s0 = r * s_row
-        d0 = r * pk_row
-        _zero_bytes(pkf, d0, pk_row)
-        if HW == 1:
-            d1 = d0 + doff[0]
-            word = np.uint64(0)
-            for g in range(full):
-                w = _load_u64(sf, s0 + 8 * g)
-                word |= w
-                pkf[d1 + g] = np.uint8((w * _PACK8) >> np.uint64(56))
-            if full < Cb:
-                m = np.uint64(0)
-                for k in range(Cin - 8 * full):
-                    w = _load_u8(sf, s0 + 8 * full + k)
-                    word |= w
+    if HW == 1:
+        d0 = doff[0]
+        for g in range(full):
+            w = _load_u64(src, 8 * g)
+            big |= w
+            dst[d0 + g] = np.uint8((w * _PACK8) >> np.uint64(56))
+        if full < Cb:
+            m = np.uint64(0)
+            for k in range(Cin - 8 * full):
+                w = _load_u8(src, 8 * full + k)
+                big |= w
+                m |= w << np.uint64(k)
+            dst[d0 + full] = np.uint8(m)
+        # 8 channel bytes a word here, not n = 1 pixel's
+        return (big & ~_SUM8) != np.uint64(0)
+    for g in range(Cb):
+        kn = min(8, Cin - 8 * g)
+        for i in range(nw):
+            m = np.uint64(0)
+            o = 8 * g * HW + i * n
+            if kn == 8:
+                for k in range(8):
+                    w = _load_pixels(src, o + k * HW, n)
+                    big |= w
                     m |= w << np.uint64(k)
-                pkf[d1 + full] = np.uint8(m)
-            # 8 channel bytes a word here, not n = 1 pixel's
-            big |= word & ~_SUM8
-            continue
-        word = np.uint64(0)
-        for g in range(Cb):
-            kn = min(8, Cin - 8 * g)
-            for i in range(nw):
-                m = np.uint64(0)
-                o = s0 + 8 * g * HW + i * n
-                if kn == 8:
-                    for k in range(8):
-                        w = _load_pixels(sf, o + k * HW, n)
-                        word |= w
-                        m |= w << np.uint64(k)
-                else:
-                    for k in range(kn):
-                        w = _load_pixels(sf, o + k * HW, n)
-                        word |= w
-                        m |= w << np.uint64(k)
-                for j in range(n):
-                    pkf[d0 + doff[i * n + j] + g] = np.uint8((m >> np.uint64(8 * j)) & np.uint64(0xFF))
-        big |= word & ~ones
-    return big != np.uint64(0)
+            else:
+                for k in range(kn):
+                    w = _load_pixels(src, o + k * HW, n)
+                    big |= w
+                    m |= w << np.uint64(k)
+            for j in range(n):
+                dst[doff[i * n + j] + g] = np.uint8((m >> np.uint64(8 * j)) & np.uint64(0xFF))
+    return (big & ~ones) != np.uint64(0)
 
 
 # 1x1 stride-2 convs on the maps of PICKED (H, W, sy, sx; ResNet-18's 128->256 and 256->512
@@ -1220,7 +1207,9 @@ def _pack_picked(s8, pk, Cin, HW, Cb, picked, n_threads):
 
 @numba.njit(cache=True)
 def _picked_rows(r_lo, r_hi, sf, s_row, pkf, pk_row, Cin, HW, Cb, picked):
-    """Rows ``r_lo .. r_hi - 1`` of ``_pack_picked`` (flat arrays as ``_words_rows``): only the
+    """Rows ``r_lo .. r_hi - 1`` of ``_pack_picked``: row ``r`` of spikes at element ``r * s_row``
+    of ``sf`` (flat ``[T * B, Cin * H * W]``) -> its bits at byte ``r * pk_row`` of ``pkf``
+    (flat ``pk``; flat arrays and one call per run of rows: no view or call per row). Only the
     pixels the conv reads (``HW`` 16 or 4; ``picked``: the PICKED entry, as an int64 array),
     into a compact map of ``n_pick = len(picked)`` pixels (no border): byte ``j * Cb + g`` of
     the row (``pk_row >= n_pick * Cb``; the rest of the row zeroed). A whole group of 8
@@ -1590,7 +1579,7 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y
 
     ``pack_mode`` PACK_WORDS / PACK_PICKED (image-major items): run ``chunk`` is whole images
     ``chunk * B // n_chunks ..``, and its thread first packs them, every step, from uint8
-    spikes ``s8 [T * B, Cin * HW]`` into ``pk`` (``_words_rows`` with ``doff``, ``n_px``,
+    spikes ``s8 [T * B, Cin * HW]`` into ``pk`` (``_words_row`` with ``doff``, ``n_px``,
     ``ones``; ``_picked_rows`` with ``picked``): one parallel region a call instead of two
     (waking the sleeping OpenMP threads costs tens of microseconds each). It first copies its
     images' membranes ``v`` to ``v_save``; images with a value other than 0/1 set ``bad
@@ -1628,7 +1617,8 @@ def _pack_images(b_lo, b_hi, T, B, pk, pack_mode, s8, Cin, HW, Cb, doff, n_px, o
     flag = False
     for t in range(T):
         if pack_mode == PACK_WORDS:
-            flag |= _words_rows(t * B + b_lo, t * B + b_hi, sf, s_row, pkf, pk_row, Cin, HW, Cb, doff, n_px, ones)
+            for b in range(b_lo, b_hi):
+                flag |= _words_row(s8[t * B + b], pk[t, b], Cin, HW, Cb, doff, n_px, ones)
         else:
             flag |= _picked_rows(t * B + b_lo, t * B + b_hi, sf, s_row, pkf, pk_row, Cin, HW, Cb, picked)
     bad[chunk] = 1 if flag else 0
