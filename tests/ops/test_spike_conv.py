@@ -694,6 +694,19 @@ def test_tables_leave_out_only_words_in_the_padding(H, W, k, stride, padding, Ci
         assert nws.tolist() == [8], "a 3x3 field on a 1x1 image reads only the centre's 8 words"
 
 
+@pytest.mark.parametrize("k,stride,padding,size,want", [
+    (3, 1, 1, 1, 1), (3, 2, 1, 2, 4), (3, 2, 1, 4, 9), (3, 1, 1, 2, 9), (1, 2, 0, 4, 1), (3, 1, 1, 32, 9),
+    (5, 1, 2, 1, 1), (5, 1, 2, 2, 9), (5, 2, 2, 3, 25), (3, 2, 0, 4, 9)])
+def test_taps_read_are_the_taps_that_land_in_the_image(k, stride, padding, size, want):
+    """The work-item order is chosen by the weight rows the kernel reads: those of the taps
+    that land in the image for some output pixel (a 3x3 field on a 1x1 map reads one tap)."""
+    out = (size + 2 * padding - k) // stride + 1
+    got = numba_gather._taps_read(k, k, (stride, stride), (padding, padding), (size, size), (out, out))
+    brute = {(ky, kx) for oy in range(out) for ox in range(out) for ky in range(k) for kx in range(k)
+             if 0 <= oy * stride - padding + ky < size and 0 <= ox * stride - padding + kx < size}
+    assert got == len(brute) == want
+
+
 def test_tile_major_order_changes_nothing(monkeypatch):
     """Work items in tile-major order (layers with large weights) give the same spikes,
     membrane and kept bits, bit for bit, as image-major order."""

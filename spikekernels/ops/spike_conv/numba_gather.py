@@ -112,12 +112,16 @@ LIST_CAP = 8192
 # weight floats of a tile whose offsets / 2 all fit a 16-bit list entry (read as a byte offset
 # / 8 with x86's scaled index, no shift per input); larger tiles list row indices
 SCALED_FLOATS = 2 * 65535
-# weight rows past this many bytes: the work items go tile by tile (each thread adds one tile's
+# weight rows read past this many bytes (the rows of the kernel taps that land in the image for
+# some output pixel, _taps_read): the work items go tile by tile (each thread adds one tile's
 # rows for many images while they stay in its L2) rather than image by image (the tiles of an
-# image in one thread: no two threads write the same cache line of its kept bits). ResNet-18's
-# 256-512 channel 3x3 layers (2.4-9.4 MB) ran 1.1-1.4x faster tile by tile, two of its three
-# 1x1 shortcuts (0.03-0.5 MB) 1.1x slower (bench/RESULTS.md "Session 12")
-TILE_MAJOR_BYTES = 2**20
+# image in one thread: no two threads write the same cache line of its kept bits; the pack can
+# run in the kernel's region, FUSE_PACK). ResNet-18's 256-512 channel 3x3 layers (2.1-2.4 MB
+# read) ran 1.1-1.4x faster tile by tile, two of its three 1x1 shortcuts (0.03-0.5 MB) 1.1x
+# slower (bench/RESULTS.md "Session 12"); image by image, with the fused pack, 1.15x faster at
+# 1.2 MB (128->256, 3x3 stride 2) and 1.22x at 1.05 MB (512 channels, a 3x3 on a 1x1 map: one
+# tap of nine read), 0.92-0.95x at 2.1-2.4 MB (bench/RESULTS.md "Session 15")
+TILE_MAJOR_BYTES = 3 << 19
 # per accumulator width nv: (active inputs added per trip of the add loop, independent sets of
 # sums), measured on ResNet-20/18 layer shapes (bench/RESULTS.md "Session 6" and "Session 7";
 # with the list the CPU has AVX-512's 32 vector registers: nv = 8 keeps 4 sets of 4 zmm);
@@ -1624,6 +1628,16 @@ def _pack_images(b_lo, b_hi, T, B, pk, pack_mode, s8, Cin, HW, Cb, doff, n_px, o
     bad[chunk] = 1 if flag else 0
 
 
+@functools.lru_cache(maxsize=256)
+def _taps_read(kh: int, kw: int, stride: tuple, padding: tuple, size: tuple, out_size: tuple) -> int:
+    """How many of a ``kh x kw`` kernel's taps land in the image (not the padding) for some
+    output pixel: the taps whose weight rows the gather kernel reads (``_tables`` leaves out
+    the others' words). A 3x3 field on a 1x1 image: 1."""
+    used = [len({t for lo, hi in _taps_in_image(o, st, k, p, n)[0] for t in range(lo, hi)})
+            for o, st, k, p, n in zip(out_size, stride, (kh, kw), padding, size)]
+    return used[0] * used[1]
+
+
 def _taps_in_image(n_out: int, stride: int, k: int, pad: int, n_in: int) -> tuple[list, np.ndarray]:
     """Along one axis: the distinct intervals ``[lo, hi)`` of kernel taps that land in the image
     (not in the padding) for some output index, and the interval's index for each output."""
@@ -1775,7 +1789,7 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
     n_tiles = -(-Cout // ct)
     column = _column_fits(neuron, (kh, kw), stride, Cb, nv)
     wg = weight_rows(weight, ct, column)
-    tile_major = wg.nbytes > TILE_MAJOR_BYTES
+    tile_major = wg.nbytes * _taps_read(kh, kw, stride, padding, (H, W), (Ho, Wo)) // (kh * kw) > TILE_MAJOR_BYTES
     # the pack in the kernel's parallel region (PACK_WORDS / PACK_PICKED): uint8 spikes on the
     # maps _pack_words takes, items image-major, every thread at least one whole image
     fuse = (FUSE_PACK and kept_in is None and s.dtype == torch.uint8 and not tile_major and B >= threads
