@@ -8,7 +8,8 @@ compiled in this process, not loaded from Numba's cache (a cached library has no
 list): point ``NUMBA_CACHE_DIR`` at an empty folder. The imports and the compile take 25-30 s
 on a 2-core machine (more where it is loaded), which ``perf record -D`` (milliseconds) leaves
 out; give enough calls to run well past it (30,000 calls of a 1 ms layer: 30 s). Sizes are
-the gaps between consecutive functions (the last one 64 KiB).
+the gaps between consecutive functions, cut at the end of the memory mapping that holds the
+function (reading past it crashed the process: SIGSEGV).
 
     rm -rf /tmp/nc && NUMBA_CACHE_DIR=/tmp/nc PYTHONPATH=. perf record -F 2000 -D 30000 \\
         -o /tmp/perf.data .venv/bin/python bench/profile_op.py --shape "r18 128->256 1x1 s2" --calls 30000
@@ -59,15 +60,27 @@ def jit_functions() -> dict[int, str]:
     return found
 
 
+def _mapping_ends() -> list[tuple[int, int]]:
+    """(start, end) of every mapping of this process (/proc/self/maps)."""
+    spans = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = line.split()[0].split("-")
+            spans.append((int(lo, 16), int(hi, 16)))
+    return spans
+
+
 def write_perf_map() -> None:
     found = jit_functions()
+    spans = _mapping_ends()
     pid = os.getpid()
     dump = Path(f"/tmp/jitcode-{pid}")
     dump.mkdir(exist_ok=True)
     addrs = sorted(found)
     with open(f"/tmp/perf-{pid}.map", "w") as f:
         for i, a in enumerate(addrs):
-            size = min(addrs[i + 1] - a if i + 1 < len(addrs) else 1 << 16, 1 << 20)
+            end = next((hi for lo, hi in spans if lo <= a < hi), a)
+            size = min(addrs[i + 1] - a if i + 1 < len(addrs) else 1 << 16, 1 << 20, end - a)
             f.write(f"{a:x} {size:x} {found[a][:200]}\n")
             (dump / f"{a:x}.bin").write_bytes(ctypes.string_at(a, size))
     print(f"perf map: {len(addrs)} functions -> /tmp/perf-{pid}.map, code in {dump}"
@@ -94,8 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     sk.spike_conv2d(s, w, b, stride=stride, padding=padding, backend="numba")
     print(f"first call (compiles) {time.perf_counter() - t0:.1f} s", flush=True)
-    # now, not at exit: every kernel this shape runs is compiled, and a process that perf
-    # records sometimes crashes at exit (seen under perf 6.x: SIGSEGV in the interpreter's teardown)
+    # now, not at exit: every kernel this shape runs is compiled by now
     write_perf_map()
     t0 = time.perf_counter()
     for _ in range(args.calls):
