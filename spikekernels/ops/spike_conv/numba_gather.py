@@ -7,9 +7,11 @@ input spike's weights into a current buffer in memory). Here each output pixel g
    once) into bits, channels-last with the zero padding materialized:
    ``pk [T, B, Hp * Wp * Cb + 8]`` bytes, ``Cb = ceil(Cin / 8)``, bit ``ci % 8`` of byte
    ``(y * Wp + x) * Cb + ci // 8``. One kernel row of a receptive field (``kw`` neighbouring
-   pixels, all channels) is then one contiguous run of ``kw * 8 * Cb`` bits.
+   pixels, all channels) is then one contiguous run of ``kw * 8 * Cb`` bits. uint8 spikes on
+   maps of 8x8 and smaller are packed inside the kernel's parallel region instead, each
+   thread the images it convolves (``FUSE_PACK``: one region a call, not two).
 2. ``_gather_kernel``: one work item per (image, output-channel tile), the T loop inside
-   (items tile by tile past TILE_MAJOR_BYTES of weights). Per step and output pixel,
+   (items tile by tile past TILE_MAJOR_BYTES of the weight rows read). Per step and output pixel,
    ``_gather_sum`` reads the receptive field as 64-bit words (one unaligned load each, masked
    at the run's end; ``_tables`` leaves out the words of the pixel's class that lie wholly
    in the padding). On a CPU with AVX-512 VBMI2 (``COMPRESS``)
