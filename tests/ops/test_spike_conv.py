@@ -564,13 +564,13 @@ def test_picked_pack(Cin, H, dtype):
     Cb, Ho = -(-Cin // 8), (H - 1) // 2 + 1
     pk = np.full((6, Ho * Ho * Cb + 8), 0xAA, np.uint8)
     picked = numba_gather.PICKED[(H, H, 2, 2)]
-    assert not numba_gather._pack_picked(s.reshape(6, -1), pk, Cin, H * H, Cb, np.array(picked), 2)
+    assert not numba_gather._pack_picked(s.reshape(6, -1), pk, Cin, H * H, Cb, np.array(picked))
     np.testing.assert_array_equal(pk, _bits_numpy(np.ascontiguousarray(s[:, :, ::2, ::2]), 0, 0))
     for item, c, y, x in [(0, 0, 0, 0), (5, Cin - 1, H - 1, H - 1), (3, Cin // 2, 0, H - 1)]:
         for value in ([2] if dtype == np.uint8 else [0.5, np.nan, -1.0]):
             bad = s.copy()
             bad[item, c, y, x] = value
-            assert numba_gather._pack_picked(bad.reshape(6, -1), pk, Cin, H * H, Cb, np.array(picked), 2), (item, c, y, x)
+            assert numba_gather._pack_picked(bad.reshape(6, -1), pk, Cin, H * H, Cb, np.array(picked)), (item, c, y, x)
     x = torch.from_numpy(s).view(2, 3, Cin, H, H)
     g = torch.Generator().manual_seed(Cin)
     w, b = torch.randn(24, Cin, 1, 1, generator=g) / Cin ** 0.5, torch.randn(24, generator=g) * 0.1

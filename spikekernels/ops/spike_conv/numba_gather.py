@@ -82,7 +82,7 @@ from ... import _checks
 from ..if_scan.numba import spike_buffer
 from .numba_rows import (_SPREAD, OUT_ELEMENTS, _byte_pointer, _current_row, _load_u8, _load_u16, _load_u32,
                          _load_u64, _membrane_in, _membrane_out, _residual_in, _spikes_out, _spikes_rows,
-                         _step_bias_row, _tile_setup, _zero_bytes, aligned_zeros, spikes_out_mode)
+                         _step_bias_row, _tile_setup, aligned_zeros, spikes_out_mode)
 from .numba_transpose import block_fits, block_rows
 
 # accumulator width per output pixel in units of 8 float32 (ct = 8 * nv channels per tile); in
@@ -1196,55 +1196,44 @@ else:
 
 
 @numba.njit(parallel=True, cache=True)
-def _pack_picked(s8, pk, Cin, HW, Cb, picked, n_threads):
+def _pack_picked(s8, pk, Cin, HW, Cb, picked):
     """``_pack`` of uint8 or float32 spikes ``s8 [T * B, Cin * H * W]`` for a 1x1 stride-2 conv
-    on a map of PICKED (``_picked_rows``), rows shared out in one run per thread
-    (``n_threads``: Numba's thread count). True when some input value is not 0/1."""
+    on a map of PICKED, row by row (``_picked_row``); True when some value is not 0/1."""
     TB = s8.shape[0]
-    n_runs = min(TB, n_threads)
-    sf = s8.reshape(s8.size)
-    pkf = pk.reshape(pk.size)
-    bad = np.zeros(n_runs, np.uint8)
-    for run in numba.prange(n_runs):
-        bad[run] = _picked_rows(run * TB // n_runs, (run + 1) * TB // n_runs, sf, Cin * HW, pkf, pk.shape[1], Cin,
-                                HW, Cb, picked)
+    bad = np.zeros(TB, np.uint8)
+    for item in numba.prange(TB):
+        bad[item] = _picked_row(s8[item], pk[item], Cin, HW, Cb, picked)
     return bad.any()
 
 
-@numba.njit(cache=True)
-def _picked_rows(r_lo, r_hi, sf, s_row, pkf, pk_row, Cin, HW, Cb, picked):
-    """Rows ``r_lo .. r_hi - 1`` of ``_pack_picked``: row ``r`` of spikes at element ``r * s_row``
-    of ``sf`` (flat ``[T * B, Cin * H * W]``) -> its bits at byte ``r * pk_row`` of ``pkf``
-    (flat ``pk``; flat arrays and one call per run of rows: no view or call per row). Only the
-    pixels the conv reads (``HW`` 16 or 4; ``picked``: the PICKED entry, as an int64 array),
-    into a compact map of ``n_pick = len(picked)`` pixels (no border): byte ``j * Cb + g`` of
-    the row (``pk_row >= n_pick * Cb``; the rest of the row zeroed). A whole group of 8
-    channels by one intrinsic (``_picked4`` / ``_picked2``: its 8 rows are one block), a
-    partial last group channel by channel. Every input value is still checked to be 0/1
-    (True: some is not)."""
+@numba.njit(cache=True, inline="always")
+def _picked_row(src, dst, Cin, HW, Cb, picked):
+    """One row (a step of an image) of ``_pack_picked``: only the pixels the conv reads (``HW``
+    16 or 4; ``picked``: the PICKED entry, as an int64 array), into a compact map of ``n_pick
+    = len(picked)`` pixels (no border): byte ``j * Cb + g`` of ``dst`` (the rest of ``dst``
+    zeroed). A whole group of 8 channels by one intrinsic (``_picked4`` / ``_picked2``: its 8
+    rows are one block), a partial last group channel by channel. Every input value is still
+    checked to be 0/1 (True: some is not)."""
     full = Cin // 8
     n_pick = picked.shape[0]
     flag = np.uint64(0)
-    for r in range(r_lo, r_hi):
-        s0 = r * s_row
-        d0 = r * pk_row
-        for g in range(full):
-            bits = _picked4(sf, s0 + 8 * g * HW) if HW == 16 else _picked2(sf, s0 + 8 * g * HW)
-            flag |= bits >> np.uint64(63)
+    for g in range(full):
+        bits = _picked4(src, 8 * g * HW) if HW == 16 else _picked2(src, 8 * g * HW)
+        flag |= bits >> np.uint64(63)
+        for j in range(n_pick):
+            dst[j * Cb + g] = np.uint8((bits >> np.uint64(8 * j)) & np.uint64(0xFF))
+    if full < Cb:
+        for j in range(n_pick):
+            dst[j * Cb + full] = 0
+        for k in range(Cin - 8 * full):
+            row = (8 * full + k) * HW
+            for i in range(HW):
+                val = src[row + i]
+                flag |= np.uint64((val != 0) & (val != 1))
             for j in range(n_pick):
-                pkf[d0 + j * Cb + g] = np.uint8((bits >> np.uint64(8 * j)) & np.uint64(0xFF))
-        if full < Cb:
-            for j in range(n_pick):
-                pkf[d0 + j * Cb + full] = np.uint8(0)
-            for k in range(Cin - 8 * full):
-                row = s0 + (8 * full + k) * HW
-                for i in range(HW):
-                    val = sf[row + i]
-                    flag |= np.uint64((val != 0) & (val != 1))
-                for j in range(n_pick):
-                    if sf[row + picked[j]] != 0:
-                        pkf[d0 + j * Cb + full] |= np.uint8(1 << k)
-        _zero_bytes(pkf, d0 + n_pick * Cb, pk_row - n_pick * Cb)
+                if src[row + picked[j]] != 0:
+                    dst[j * Cb + full] |= np.uint8(1 << k)
+    dst[n_pick * Cb:] = 0
     return flag != np.uint64(0)
 
 
@@ -1599,7 +1588,7 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y
     ``pack_mode`` PACK_WORDS / PACK_PICKED (image-major items): run ``chunk`` is whole images
     ``chunk * B // n_chunks ..``, and its thread first packs them, every step, from uint8
     spikes ``s8 [T * B, Cin * HW]`` into ``pk`` (``_words_row`` with ``doff``, ``n_px``,
-    ``ones``; ``_picked_rows`` with ``picked``): one parallel region a call instead of two
+    ``ones``; ``_picked_row`` with ``picked``): one parallel region a call instead of two
     (waking the sleeping OpenMP threads costs tens of microseconds each). It first copies its
     images' membranes ``v`` to ``v_save``; images with a value other than 0/1 set ``bad
     [chunk]`` and are not convolved, and the caller, which then runs another kernel from the
@@ -1630,16 +1619,13 @@ def _gather_kernel(pk, nv, n_tiles, Wp, Cb, sy, sx, toff, wrow, mask, nws, cls_y
 def _pack_images(b_lo, b_hi, T, B, pk, pack_mode, s8, Cin, HW, Cb, doff, n_px, ones, picked, bad, chunk):
     """Images ``b_lo .. b_hi - 1`` of ``s8`` packed into ``pk`` at every step (``pack_mode``);
     ``bad[chunk] = 1`` when a value is not 0/1."""
-    sf = s8.reshape(s8.size)
-    pkf = pk.reshape(pk.size)
-    s_row, pk_row = s8.shape[1], pk.shape[2]
     flag = False
     for t in range(T):
-        if pack_mode == PACK_WORDS:
-            for b in range(b_lo, b_hi):
+        for b in range(b_lo, b_hi):
+            if pack_mode == PACK_WORDS:
                 flag |= _words_row(s8[t * B + b], pk[t, b], Cin, HW, Cb, doff, n_px, ones)
-        else:
-            flag |= _picked_rows(t * B + b_lo, t * B + b_hi, sf, s_row, pkf, pk_row, Cin, HW, Cb, picked)
+            else:
+                flag |= _picked_row(s8[t * B + b], pk[t, b], Cin, HW, Cb, picked)
     bad[chunk] = 1 if flag else 0
 
 
@@ -1821,8 +1807,7 @@ def gather(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tu
         picked_px = _PICKED_PX[(H, W, sy, sx)]
         if fuse:
             pack_mode = PACK_PICKED
-        elif _pack_picked(s.numpy().reshape(T * B, Cin * H * W), pk.reshape(T * B, -1), Cin, H * W, Cb, picked_px,
-                          threads):
+        elif _pack_picked(s.numpy().reshape(T * B, Cin * H * W), pk.reshape(T * B, -1), Cin, H * W, Cb, picked_px):
             return False
         H, W, sy, sx, Wp, origin = Ho, Wo, 1, 1, Wo, 0
     else:

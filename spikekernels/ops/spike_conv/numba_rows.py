@@ -12,7 +12,6 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .numba_transpose import block_fits, block_rows, rows64
@@ -229,29 +228,10 @@ def _load_twin(nbytes: int):
     return load
 
 
-def _zero_codegen(context, builder, sig, args):
-    n = context.cast(builder, args[2], sig.args[2], types.intp)
-    cgutils.memset(builder, _byte_pointer(context, builder, sig, args, ir.IntType(8)), n, 0)
-    return context.get_dummy_value()
-
-
-def _zero_twin(arr, off, n):
-    """Python twin of the intrinsic (NUMBA_DISABLE_JIT runs)."""
-    arr.reshape(-1)[off:off + n] = 0
-
-
 if numba.config.DISABLE_JIT:
     _store_u64, _store_u32 = _store_twin(8), _store_twin(4)
     _load_u64, _load_u32, _load_u16, _load_u8 = _load_twin(8), _load_twin(4), _load_twin(2), _load_twin(1)
-    _zero_bytes = _zero_twin
 else:
-    @intrinsic
-    def _zero_bytes(typingctx, arr, off, n):
-        """Bytes ``off .. off + n - 1`` of the uint8 array ``arr`` (C-contiguous) set to 0 by
-        one memset: no view (a view of an array the threads share takes atomic reference
-        counts on it) and no index check per byte."""
-        return types.void(arr, off, n), _zero_codegen
-
     def _store_intrinsic(bits: int):
         @intrinsic
         def store(typingctx, arr, off, value):
