@@ -250,16 +250,17 @@ def initial_membrane(v0, thr: torch.Tensor, state_shape: Sequence[int], device: 
     state_shape = tuple(state_shape)
     if donated(v0, state_shape, device):
         return v0
+    # on the CPU numpy fills, not torch: a torch fill of this size can start an OpenMP region,
+    # and under OMP_WAIT_POLICY=PASSIVE waking its threads costs more than the fill (tens of us)
+    cpu = torch.device(device).type == "cpu"
     if v0 is None:
         if thr.numel() == 1:
-            if torch.device(device).type == "cpu":
-                # numpy, not torch: a torch fill of this size can start an OpenMP region, and under
-                # OMP_WAIT_POLICY=PASSIVE waking its threads costs more than the fill (tens of us)
+            if cpu:
                 return _filled(state_shape, np.float32(float(thr[0]) * 0.5))
             return torch.full(state_shape, float(thr[0]) * 0.5, dtype=torch.float32, device=device)
         view = [1] * len(state_shape)
         view[1] = thr.numel()
-        if torch.device(device).type == "cpu":
+        if cpu:
             return _filled(state_shape, thr.detach().numpy().reshape(view) * np.float32(0.5))
         return (thr * 0.5).view(view).expand(state_shape).contiguous()
     if isinstance(v0, torch.Tensor):
@@ -278,7 +279,7 @@ def initial_membrane(v0, thr: torch.Tensor, state_shape: Sequence[int], device: 
     if isinstance(v0, (int, float)) and not isinstance(v0, bool):
         if not math.isfinite(v0):
             raise ValueError(f"v0={v0!r} must be finite")
-        if torch.device(device).type == "cpu":
+        if cpu:
             return _filled(state_shape, np.float32(v0))
         return torch.full(state_shape, float(v0), dtype=torch.float32, device=device)
     raise TypeError(f"v0 must be None, a number or a tensor, got {type(v0).__name__}")
